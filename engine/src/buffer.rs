@@ -1,0 +1,162 @@
+//! The in-memory write buffer and the snapshots readers take of it.
+//!
+//! Only the writer thread mutates the buffer. After each group commit it publishes a new
+//! immutable [`Snapshot`] through an `ArcSwap`: readers load it with one atomic
+//! operation and never block the writer, and the writer never waits for readers.
+//! A snapshot holds the catalog, the buffered generations (frozen ones being flushed and
+//! the active one) and the published segments, so buffer ∪ segments is always
+//! consistent: a flush swaps a frozen generation for its segments in one publish.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, new_null_array};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+
+use crate::catalog::{Catalog, TableDef};
+use crate::error::Result;
+use crate::manifest::SegmentMeta;
+
+/// (database, table).
+pub type TableKey = (String, String);
+
+/// A batch of buffered rows of one table, in arrival order.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// Rows, in the schema they were written with (a subset of the table's columns).
+    pub batch: RecordBatch,
+    pub min_time: i64,
+    pub max_time: i64,
+}
+
+impl Chunk {
+    /// Memory the chunk holds.
+    pub fn bytes(&self) -> usize {
+        self.batch.get_array_memory_size()
+    }
+}
+
+/// A set of buffered rows covering a range of WAL files.
+#[derive(Debug, Default)]
+pub struct Generation {
+    /// Unique, increasing id.
+    pub id: u64,
+    /// Per table, chunks in arrival order.
+    pub tables: HashMap<TableKey, Arc<Vec<Chunk>>>,
+    /// Memory held by the chunks.
+    pub bytes: usize,
+}
+
+/// A consistent, immutable view of everything acknowledged so far.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub catalog: Arc<Catalog>,
+    /// Buffered generations, oldest first; the last one is the active generation.
+    pub generations: Vec<Arc<Generation>>,
+    /// Published segments.
+    pub segments: Arc<Vec<Arc<SegmentMeta>>>,
+}
+
+/// What a reader gets for one table.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    pub table: Arc<TableDef>,
+    /// Buffered rows, oldest first. Use [`align_batch`] to bring each to `table.schema()`.
+    pub chunks: Vec<Chunk>,
+    /// Segments of the table.
+    pub segments: Vec<Arc<SegmentMeta>>,
+}
+
+impl Snapshot {
+    /// Everything a reader needs for one table, or `None` if it does not exist.
+    pub fn table(&self, db: &str, table: &str) -> Option<TableSnapshot> {
+        let def = Arc::clone(self.catalog.table(db, table)?);
+        let key = (db.to_string(), table.to_string());
+        let chunks = self
+            .generations
+            .iter()
+            .filter_map(|g| g.tables.get(&key))
+            .flat_map(|c| c.iter().cloned())
+            .collect();
+        let segments = self
+            .segments
+            .iter()
+            .filter(|s| s.db == db && s.table == table)
+            .cloned()
+            .collect();
+        Some(TableSnapshot {
+            table: def,
+            chunks,
+            segments,
+        })
+    }
+
+    /// Rows held in memory.
+    pub fn buffered_rows(&self) -> usize {
+        self.generations
+            .iter()
+            .flat_map(|g| g.tables.values())
+            .flat_map(|c| c.iter())
+            .map(|c| c.batch.num_rows())
+            .sum()
+    }
+
+    /// Bytes held in memory.
+    pub fn buffered_bytes(&self) -> usize {
+        self.generations.iter().map(|g| g.bytes).sum()
+    }
+}
+
+/// Bring `batch` to `schema`: columns in schema order, missing ones as nulls. Columns
+/// present in the batch but not in the schema are dropped.
+pub fn align_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().as_ref() == schema.as_ref() {
+        return Ok(batch.clone());
+    }
+    let rows = batch.num_rows();
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(Arc::clone(c)),
+            Some(c) => cast(c, f.data_type()),
+            None => Ok(new_null_array(f.data_type(), rows)),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// Concatenate chunks into one batch in `schema`.
+pub fn concat_chunks(chunks: &[Chunk], schema: &SchemaRef) -> Result<RecordBatch> {
+    let aligned = chunks
+        .iter()
+        .map(|c| align_batch(&c.batch, schema))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(concat_batches(schema, &aligned)?)
+}
+
+/// Append a chunk to a table's list. Neighbouring chunks are merged while the older
+/// one is at most twice the size of the newer, so sizes fall geometrically along the
+/// list: a table holds O(log rows) chunks, and each row is copied O(log rows) times.
+pub fn push_chunk(chunks: &mut Vec<Chunk>, chunk: Chunk, schema: &SchemaRef) -> Result<()> {
+    chunks.push(chunk);
+    while chunks.len() >= 2 {
+        let n = chunks.len();
+        if chunks[n - 2].batch.num_rows() > 2 * chunks[n - 1].batch.num_rows() {
+            break;
+        }
+        let tail = &chunks[n - 2..];
+        let merged = concat_chunks(tail, schema)?;
+        let min_time = tail[0].min_time.min(tail[1].min_time);
+        let max_time = tail[0].max_time.max(tail[1].max_time);
+        chunks.truncate(n - 2);
+        chunks.push(Chunk {
+            batch: merged,
+            min_time,
+            max_time,
+        });
+    }
+    Ok(())
+}

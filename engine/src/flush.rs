@@ -1,0 +1,257 @@
+//! The flush thread: turns frozen buffer generations into published Parquet segments.
+//!
+//! Order of a flush (each step durable before the next):
+//! 1. write each (table, partition) as a segment: temp file → fsync → rename → fsync dir;
+//! 2. persist the catalog (it names every column the segments have);
+//! 3. publish the manifest naming the new segments and `wal_flushed_through`;
+//! 4. swap the generation for its segments in the snapshot (one atomic publish);
+//! 5. delete the WAL files the manifest says are covered.
+//!
+//! A crash before 3 leaves orphan files (deleted at startup) and a WAL that replays the
+//! rows; a crash after 3 leaves WAL files that startup deletes without replaying.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use arrow::array::{BooleanArray, TimestampNanosecondArray};
+use arrow::compute::filter_record_batch;
+use arrow::record_batch::RecordBatch;
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::oneshot;
+
+use crate::buffer::{Generation, Snapshot, concat_chunks};
+use crate::catalog::Catalog;
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::manifest::{Manifest, SegmentMeta};
+use crate::metrics::{EngineMetrics, inc};
+use crate::model::{TIME_COLUMN, partition_name, partition_start, path_component};
+use crate::segment::{sort_dedup, write_parquet};
+use crate::wal::{list_wal_files, wal_path};
+
+/// Work for the flush thread.
+#[derive(Debug)]
+pub(crate) enum FlushJob {
+    Flush {
+        generation: Arc<Generation>,
+        /// WAL files up to this id hold only rows of this and earlier generations.
+        wal_through: u64,
+        catalog: Arc<Catalog>,
+        resp: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// Answer once every job before it is done.
+    Barrier(oneshot::Sender<Result<()>>),
+}
+
+pub(crate) struct Flusher {
+    pub cfg: EngineConfig,
+    pub manifest: Manifest,
+    pub state: Arc<ArcSwap<Snapshot>>,
+    pub frozen_bytes: Arc<AtomicUsize>,
+    pub done_tx: Sender<()>,
+    pub halt: Arc<AtomicBool>,
+    pub metrics: Arc<EngineMetrics>,
+}
+
+/// Directory of a segment relative to the data directory.
+pub(crate) fn segment_rel_path(db: &str, table: &str, partition: i64, id: u64) -> String {
+    format!(
+        "db/{}/{}/{}/{id:020}.parquet",
+        path_component(db),
+        path_component(table),
+        partition_name(partition)
+    )
+}
+
+impl Flusher {
+    pub(crate) fn run(mut self, rx: Receiver<FlushJob>) {
+        while let Ok(job) = rx.recv() {
+            match job {
+                FlushJob::Barrier(resp) => {
+                    let _ = resp.send(Ok(()));
+                }
+                FlushJob::Flush {
+                    generation,
+                    wal_through,
+                    catalog,
+                    mut resp,
+                } => {
+                    let mut backoff = Duration::from_millis(100);
+                    loop {
+                        if self.halt.load(Ordering::Acquire) {
+                            return;
+                        }
+                        match self.flush(&generation, wal_through, &catalog) {
+                            Ok(()) => {
+                                if let Some(r) = resp.take() {
+                                    let _ = r.send(Ok(()));
+                                }
+                                break;
+                            }
+                            Err(e) => {
+                                inc(&self.metrics.flush_errors, 1);
+                                tracing::error!(error = %e, "flush failed; retrying in {backoff:?}");
+                                if let Some(r) = resp.take() {
+                                    let _ = r.send(Err(e));
+                                }
+                                std::thread::sleep(backoff);
+                                backoff = (backoff * 2).min(Duration::from_secs(10));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(
+        &mut self,
+        generation: &Generation,
+        wal_through: u64,
+        catalog: &Catalog,
+    ) -> Result<()> {
+        let dir = self.cfg.data_dir.clone();
+        let width = self.cfg.partition_nanos();
+        let mut manifest = self.manifest.clone();
+        let mut written: Vec<PathBuf> = Vec::new();
+        let result = (|| -> Result<Vec<SegmentMeta>> {
+            let mut new_segments = Vec::new();
+            let tables: BTreeMap<_, _> = generation.tables.iter().collect();
+            for ((db, table), chunks) in tables {
+                let Some(def) = catalog.table(db, table) else {
+                    return Err(Error::Internal(format!(
+                        "table {db}.{table} not in catalog"
+                    )));
+                };
+                let batch = concat_chunks(chunks, &def.schema())?;
+                for (partition, part) in split_partitions(&batch, width)? {
+                    let sorted = sort_dedup(&part)?;
+                    let id = manifest.next_segment_id;
+                    manifest.next_segment_id += 1;
+                    let rel = segment_rel_path(db, table, partition, id);
+                    let path = dir.join(&rel);
+                    written.push(path.clone());
+                    let bytes = write_parquet(&path, &sorted, &self.cfg.segment)?;
+                    let (min_time, max_time) = crate::writer::time_range(&sorted)?;
+                    new_segments.push(SegmentMeta {
+                        id,
+                        db: db.clone(),
+                        table: table.clone(),
+                        partition,
+                        path: rel,
+                        min_time,
+                        max_time,
+                        rows: sorted.num_rows() as u64,
+                        bytes,
+                    });
+                }
+            }
+            fail::fail_point!("flush::before_catalog", |_| Err(failpoint_err(
+                "flush::before_catalog"
+            )));
+            catalog.save(&dir)?;
+            fail::fail_point!("flush::before_manifest", |_| Err(failpoint_err(
+                "flush::before_manifest"
+            )));
+            manifest.segments.extend(new_segments.iter().cloned());
+            manifest.wal_flushed_through = manifest.wal_flushed_through.max(wal_through);
+            manifest.save(&dir)?;
+            Ok(new_segments)
+        })();
+        let new_segments = match result {
+            Ok(s) => s,
+            Err(e) => {
+                // Not published: the files are orphans; remove what we can now, startup
+                // removes the rest.
+                for p in written {
+                    let _ = std::fs::remove_file(&p);
+                    let _ = std::fs::remove_file(crate::fsutil::tmp_path(&p));
+                }
+                return Err(e);
+            }
+        };
+        self.manifest = manifest;
+        let rows: u64 = new_segments.iter().map(|s| s.rows).sum();
+        let new: Vec<Arc<SegmentMeta>> = new_segments.into_iter().map(Arc::new).collect();
+        let gen_id = generation.id;
+        self.state.rcu(|old| {
+            let mut segments = Vec::clone(&old.segments);
+            segments.extend(new.iter().cloned());
+            Snapshot {
+                catalog: Arc::clone(&old.catalog),
+                generations: old
+                    .generations
+                    .iter()
+                    .filter(|g| g.id != gen_id)
+                    .cloned()
+                    .collect(),
+                segments: Arc::new(segments),
+            }
+        });
+        self.frozen_bytes
+            .fetch_sub(generation.bytes, Ordering::AcqRel);
+        let _ = self.done_tx.try_send(());
+        inc(&self.metrics.flushes, 1);
+        inc(&self.metrics.flushed_rows, rows);
+        if fail_here("flush::before_wal_delete") {
+            return Ok(());
+        }
+        delete_wal_through(&dir.join("wal"), wal_through);
+        Ok(())
+    }
+}
+
+fn fail_here(name: &str) -> bool {
+    fail::eval(name, |_| ()).is_some()
+}
+
+fn failpoint_err(name: &str) -> Error {
+    Error::Io {
+        path: PathBuf::from(name),
+        source: std::io::Error::other(format!("failpoint {name}")),
+    }
+}
+
+/// Delete WAL files with id ≤ `through` (best effort: leftovers are removed at startup).
+pub(crate) fn delete_wal_through(wal_dir: &Path, through: u64) {
+    match list_wal_files(wal_dir) {
+        Ok(ids) => {
+            for id in ids.into_iter().filter(|&id| id <= through) {
+                if let Err(e) = std::fs::remove_file(wal_path(wal_dir, id)) {
+                    tracing::warn!(error = %e, id, "could not delete flushed WAL file");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not list WAL files"),
+    }
+}
+
+/// Split a batch by time partition.
+fn split_partitions(batch: &RecordBatch, width: i64) -> Result<Vec<(i64, RecordBatch)>> {
+    let time = batch
+        .column_by_name(TIME_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .ok_or_else(|| Error::Internal("batch without time column".into()))?;
+    let parts: Vec<i64> = time
+        .values()
+        .iter()
+        .map(|&t| partition_start(t, width))
+        .collect();
+    let mut distinct = parts.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() == 1 {
+        return Ok(vec![(distinct[0], batch.clone())]);
+    }
+    distinct
+        .into_iter()
+        .map(|p| {
+            let mask = BooleanArray::from(parts.iter().map(|&x| x == p).collect::<Vec<_>>());
+            Ok((p, filter_record_batch(batch, &mask)?))
+        })
+        .collect()
+}
