@@ -1,1 +1,178 @@
+//! talo's HTTP API.
+//!
+//! In: HTTP requests (line-protocol writes, catalog and health queries). Out: engine
+//! writes (acknowledged only once durable) and JSON/Prometheus responses. SQL over
+//! DataFusion joins this crate with the query issue; nothing here writes files except
+//! through the engine.
 
+mod error;
+mod metrics;
+mod write;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use talo_engine::Engine;
+
+pub use error::ApiError;
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest accepted request body (after gzip decoding), in bytes. Default 64 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Shared state of the handlers. The engine is set once recovery has finished; until
+/// then `/ready` answers 503 and data endpoints answer 503 too.
+#[derive(Debug)]
+pub struct AppState {
+    engine: OnceLock<Arc<Engine>>,
+    config: HttpConfig,
+    started: Instant,
+    http_metrics: metrics::HttpMetrics,
+}
+
+impl AppState {
+    /// State without an engine yet.
+    pub fn new(config: HttpConfig) -> Arc<Self> {
+        Arc::new(AppState {
+            engine: OnceLock::new(),
+            config,
+            started: Instant::now(),
+            http_metrics: metrics::HttpMetrics::default(),
+        })
+    }
+
+    /// Hand over the recovered engine: the server becomes ready.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        let _ = self.engine.set(engine);
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
+        self.engine.get().ok_or(ApiError::NotReady)
+    }
+}
+
+/// The router with every endpoint.
+pub fn app(state: Arc<AppState>) -> Router {
+    // the body limit is enforced by the write handler itself (also after gunzip)
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics::metrics))
+        .route("/api/v1/write", post(write::write_v1_native))
+        .route("/write", post(write::write_influx_v1))
+        .route("/api/v2/write", post(write::write_influx_v2))
+        .route("/api/v3/write_lp", post(write::write_influx_v3))
+        .route("/api/v1/databases", get(databases))
+        .route("/api/v1/tables", get(tables))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn health(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "uptime_seconds": s.started.elapsed().as_secs()}))
+}
+
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    match s.engine.get() {
+        Some(e) => {
+            let r = e.recovery_report();
+            (
+                StatusCode::OK,
+                Json(json!({
+                    "status": "ready",
+                    "wal_rows_replayed": r.rows_replayed,
+                    "wal_tails_cut": r.cut_tails.len(),
+                })),
+            )
+                .into_response()
+        }
+        None => ApiError::NotReady.into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn databases(State(s): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let catalog = s.engine()?.catalog();
+    let dbs: Vec<_> = catalog
+        .database_names()
+        .map(|name| {
+            let tables = catalog.database(name).map(|d| d.tables.len()).unwrap_or(0);
+            json!({"name": name, "tables": tables})
+        })
+        .collect();
+    Ok(Json(json!({ "databases": dbs })))
+}
+
+#[derive(Debug, Deserialize)]
+struct TablesParams {
+    db: Option<String>,
+}
+
+async fn tables(
+    State(s): State<Arc<AppState>>,
+    Query(p): Query<TablesParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let db = p.db.unwrap_or_else(|| "default".to_string());
+    let catalog = s.engine()?.catalog();
+    let Some(d) = catalog.database(&db) else {
+        return Err(ApiError::NotFoundMsg(format!(
+            "database {db:?} does not exist"
+        )));
+    };
+    let tables: Vec<_> = d
+        .tables
+        .values()
+        .map(|t| {
+            let columns: Vec<_> = t
+                .columns
+                .iter()
+                .map(|c| {
+                    let role = match c.ty {
+                        talo_engine::ColumnType::Time => "time",
+                        talo_engine::ColumnType::Tag => "tag",
+                        talo_engine::ColumnType::Field(_) => "field",
+                    };
+                    json!({"name": c.name, "type": c.ty.name(), "role": role})
+                })
+                .collect();
+            json!({"name": t.name, "columns": columns})
+        })
+        .collect();
+    Ok(Json(json!({"database": db, "tables": tables})))
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Serve the API on `listener` until `shutdown` completes, then finish in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,65 @@
+//! The one error type of the HTTP API: each kind maps to a status and `{"error": ...}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::json;
+
+/// An error answered to an HTTP client. Messages never include internals such as paths.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    NotFoundMsg(String),
+    #[error("starting up: the write-ahead log is being replayed")]
+    NotReady,
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound | ApiError::NotFoundMsg(_) => StatusCode::NOT_FOUND,
+            ApiError::NotReady | ApiError::ShuttingDown | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<talo_engine::Error> for ApiError {
+    fn from(e: talo_engine::Error) -> Self {
+        use talo_engine::Error as E;
+        match e {
+            E::InvalidName { .. } | E::Config(_) => ApiError::BadRequest(e.to_string()),
+            E::ShuttingDown => ApiError::ShuttingDown,
+            E::WalUnavailable(_) | E::Io { .. } => {
+                tracing::error!(error = %e, "write failed");
+                ApiError::Unavailable("the write-ahead log cannot be written (disk full?)".into())
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}

@@ -1,0 +1,150 @@
+//! `/metrics` in the Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use talo_engine::metrics::{Histogram, LATENCY_BUCKETS};
+
+use crate::AppState;
+
+/// Counters of the HTTP layer.
+#[derive(Debug, Default)]
+pub(crate) struct HttpMetrics {
+    pub(crate) write_requests: AtomicU64,
+    pub(crate) write_lines_rejected: AtomicU64,
+    pub(crate) write_latency: Histogram,
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+    );
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let (buckets, count, sum) = h.read();
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (b, c) in LATENCY_BUCKETS.iter().zip(buckets) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}"
+    );
+}
+
+pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let h = &s.http_metrics;
+    counter(
+        &mut out,
+        "talo_http_write_requests_total",
+        "Write requests received.",
+        h.write_requests.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "talo_http_write_lines_rejected_total",
+        "Lines rejected by the parser or the engine.",
+        h.write_lines_rejected.load(Ordering::Relaxed),
+    );
+    histogram(
+        &mut out,
+        "talo_http_write_seconds",
+        "Write request latency until durable.",
+        &h.write_latency,
+    );
+    if let Some(e) = s.engine.get() {
+        let m = e.metrics();
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut out,
+            "talo_rows_written_total",
+            "Rows made durable.",
+            r(&m.rows_written),
+        );
+        counter(
+            &mut out,
+            "talo_rows_rejected_total",
+            "Rows refused by the engine.",
+            r(&m.rows_rejected),
+        );
+        counter(
+            &mut out,
+            "talo_write_errors_total",
+            "Writes that failed (WAL unavailable).",
+            r(&m.write_errors),
+        );
+        counter(
+            &mut out,
+            "talo_wal_bytes_total",
+            "Bytes appended to the WAL.",
+            r(&m.wal_bytes),
+        );
+        histogram(
+            &mut out,
+            "talo_wal_fsync_seconds",
+            "WAL group append + fsync latency.",
+            &m.wal_fsync,
+        );
+        counter(
+            &mut out,
+            "talo_wal_tail_cuts_total",
+            "Torn/corrupt WAL tails cut at startup.",
+            r(&m.wal_tail_cuts),
+        );
+        counter(
+            &mut out,
+            "talo_flushes_total",
+            "Buffer flushes to segments.",
+            r(&m.flushes),
+        );
+        counter(
+            &mut out,
+            "talo_flush_errors_total",
+            "Failed flush attempts.",
+            r(&m.flush_errors),
+        );
+        counter(
+            &mut out,
+            "talo_backpressure_waits_total",
+            "Write groups delayed by a full buffer.",
+            r(&m.backpressure_waits),
+        );
+        let snap = e.snapshot();
+        gauge(
+            &mut out,
+            "talo_buffer_bytes",
+            "Bytes held in the write buffer.",
+            snap.buffered_bytes() as u64,
+        );
+        gauge(
+            &mut out,
+            "talo_buffer_rows",
+            "Rows held in the write buffer.",
+            snap.buffered_rows() as u64,
+        );
+        gauge(
+            &mut out,
+            "talo_segments",
+            "Published segments.",
+            snap.segments.len() as u64,
+        );
+        gauge(
+            &mut out,
+            "talo_segment_bytes",
+            "Bytes in published segments.",
+            snap.segments.iter().map(|s| s.bytes).sum(),
+        );
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

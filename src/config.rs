@@ -1,0 +1,155 @@
+//! Command line, environment (`TALO_<FLAG>`) and TOML file (`--config`) settings.
+//!
+//! Precedence: flag > environment > config file > default. The config file's top-level
+//! keys are the flag names (`data-dir = "/var/lib/talo"`, `data_dir` works too); they are
+//! applied by filling the matching `TALO_*` environment variables that are not set.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "talo",
+    version,
+    about = "IoT time-series ingestion and storage engine"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the server.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum WalSyncArg {
+    /// fsync every WAL group before acknowledging (durable against power loss).
+    Fsync,
+    /// Never fsync: survives a crash of talo, but an OS crash or power loss can lose
+    /// the writes of the last ~30 s (the kernel's write-back delay).
+    None,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// TOML configuration file (top-level keys are flag names).
+    #[arg(long, env = "TALO_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// WAL, segments, manifest and catalog.
+    #[arg(long, env = "TALO_DATA_DIR", default_value = "./talo-data")]
+    pub(crate) data_dir: PathBuf,
+
+    /// HTTP API address (port 0 picks a free port; the bound address is logged).
+    #[arg(long, env = "TALO_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) http_addr: String,
+
+    /// WAL durability.
+    #[arg(long, env = "TALO_WAL_SYNC", value_enum, default_value = "fsync")]
+    pub(crate) wal_sync: WalSyncArg,
+
+    /// Extra time the WAL writer waits to gather a group after the first write.
+    #[arg(long, env = "TALO_WAL_GROUP_WINDOW", value_parser = humantime::parse_duration, default_value = "1ms")]
+    pub(crate) wal_group_window: Duration,
+
+    /// Flush the buffer to Parquet when its oldest row is this old.
+    #[arg(long, env = "TALO_FLUSH_INTERVAL", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub(crate) flush_interval: Duration,
+
+    /// Flush the buffer when it holds this many MiB.
+    #[arg(long, env = "TALO_FLUSH_SIZE_MB", default_value_t = 256)]
+    pub(crate) flush_size_mb: usize,
+
+    /// Writers wait while the buffer holds more than this many MiB.
+    #[arg(long, env = "TALO_MAX_BUFFER_MB", default_value_t = 1024)]
+    pub(crate) max_buffer_mb: usize,
+
+    /// Time partition of segments.
+    #[arg(long, env = "TALO_PARTITION", value_parser = humantime::parse_duration, default_value = "1d")]
+    pub(crate) partition: Duration,
+
+    /// Largest accepted HTTP request body in MiB (after gzip decoding).
+    #[arg(long, env = "TALO_MAX_BODY_MB", default_value_t = 64)]
+    pub(crate) max_body_mb: usize,
+
+    /// Maximum time to finish in-flight work and flush on SIGTERM before exiting.
+    #[arg(long, env = "TALO_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl ServeArgs {
+    pub(crate) fn engine_config(&self) -> talo_engine::EngineConfig {
+        talo_engine::EngineConfig {
+            data_dir: self.data_dir.clone(),
+            wal_sync: match self.wal_sync {
+                WalSyncArg::Fsync => talo_engine::WalSync::Fsync,
+                WalSyncArg::None => talo_engine::WalSync::None,
+            },
+            group_commit_window: self.wal_group_window,
+            flush_interval: self.flush_interval,
+            flush_bytes: self.flush_size_mb << 20,
+            max_buffer_bytes: self.max_buffer_mb << 20,
+            partition: self.partition,
+            ..Default::default()
+        }
+    }
+}
+
+/// Find `--config FILE` (or `TALO_CONFIG`) and export its top-level scalar keys as
+/// `TALO_<KEY>` variables that are not already set. Tables (routes, tokens, ...) are
+/// read by the components that own them.
+pub(crate) fn apply_config_file_to_env() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut path = std::env::var("TALO_CONFIG").ok();
+    for (i, a) in args.iter().enumerate() {
+        if a == "--config" {
+            path = args.get(i + 1).cloned();
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.to_string());
+        }
+    }
+    let Some(path) = path else { return Ok(()) };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading config file {path}"))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing config file {path}"))?;
+    for (key, value) in table {
+        let v = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Table(_) | toml::Value::Array(_) => continue,
+            toml::Value::Datetime(d) => d.to_string(),
+        };
+        let var = format!("TALO_{}", key.to_ascii_uppercase().replace('-', "_"));
+        if !KNOWN_KEYS.contains(&var.as_str()) {
+            bail!("config file {path}: unknown key {key:?}");
+        }
+        if std::env::var_os(&var).is_none() {
+            // SAFETY: called at the very start of `main`, before any other thread exists.
+            unsafe { std::env::set_var(&var, v) };
+        }
+    }
+    Ok(())
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "TALO_DATA_DIR",
+    "TALO_HTTP_ADDR",
+    "TALO_WAL_SYNC",
+    "TALO_WAL_GROUP_WINDOW",
+    "TALO_FLUSH_INTERVAL",
+    "TALO_FLUSH_SIZE_MB",
+    "TALO_MAX_BUFFER_MB",
+    "TALO_PARTITION",
+    "TALO_MAX_BODY_MB",
+    "TALO_SHUTDOWN_TIMEOUT",
+];

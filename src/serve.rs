@@ -1,0 +1,106 @@
+//! `talo serve`: start the HTTP listener at once (liveness), recover the engine
+//! (readiness), serve, and on SIGTERM/SIGINT stop accepting, drain, flush and exit.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use talo_engine::Engine;
+use talo_query::{AppState, HttpConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeArgs;
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let engine_config = args.engine_config();
+    engine_config.validate().context("invalid configuration")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("talo-io")
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(serve(args, engine_config))
+}
+
+async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> anyhow::Result<()> {
+    let state = AppState::new(HttpConfig {
+        max_body_bytes: args.max_body_mb << 20,
+    });
+    let listener = tokio::net::TcpListener::bind(&args.http_addr)
+        .await
+        .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "HTTP listening");
+    // machine-readable line for scripts and tests that start talo on port 0
+    println!("talo listening http={addr}");
+
+    let cancel = CancellationToken::new();
+    let server_cancel = cancel.clone();
+    let server = tokio::spawn(talo_query::serve(
+        listener,
+        Arc::clone(&state),
+        async move { server_cancel.cancelled().await },
+    ));
+
+    let signal_cancel = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        signal_cancel.cancel();
+    });
+
+    tracing::info!(data_dir = %engine_config.data_dir.display(), "opening the engine and replaying the WAL");
+    let engine = tokio::select! {
+        r = tokio::task::spawn_blocking(move || Engine::open(engine_config)) => r.context("engine task")?.context("opening the data directory")?,
+        _ = cancel.cancelled() => {
+            return Ok(());
+        }
+    };
+    let report = engine.recovery_report();
+    tracing::info!(
+        rows_replayed = report.rows_replayed,
+        segments = report.segments,
+        "ready"
+    );
+    state.set_engine(Arc::clone(&engine));
+
+    cancel.cancelled().await;
+    // stop accepting, finish in-flight requests
+    let drained = tokio::time::timeout(args.shutdown_timeout, server).await;
+    if drained.is_err() {
+        tracing::warn!("in-flight requests did not finish in time");
+    }
+    let flush_engine = Arc::clone(&engine);
+    let flushed = tokio::time::timeout(
+        args.shutdown_timeout,
+        tokio::task::spawn_blocking(move || flush_engine.shutdown()),
+    )
+    .await;
+    match flushed {
+        Ok(Ok(Ok(()))) => tracing::info!("flushed; bye"),
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "final flush failed; the WAL keeps the data"),
+        _ => tracing::error!("final flush did not finish in time; the WAL keeps the data"),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
