@@ -78,12 +78,41 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_MAX_BODY_MB", default_value_t = 64)]
     pub(crate) max_body_mb: usize,
 
+    /// Memory one query may use (MiB) for sorts, joins and aggregations.
+    #[arg(long, env = "TALO_QUERY_MEMORY_MB", default_value_t = 512)]
+    pub(crate) query_memory_mb: usize,
+
+    /// Longest a query may run.
+    #[arg(long, env = "TALO_QUERY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub(crate) query_timeout: Duration,
+
+    /// Queries running at once; more are answered 429.
+    #[arg(long, env = "TALO_QUERY_CONCURRENCY", default_value_t = 8)]
+    pub(crate) query_concurrency: usize,
+
+    /// Threads of the query runtime (separate from ingestion); 0 = number of CPUs.
+    #[arg(long, env = "TALO_QUERY_THREADS", default_value_t = 0)]
+    pub(crate) query_threads: usize,
+
     /// Maximum time to finish in-flight work and flush on SIGTERM before exiting.
     #[arg(long, env = "TALO_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub(crate) shutdown_timeout: Duration,
 }
 
 impl ServeArgs {
+    pub(crate) fn query_config(&self) -> talo_query::QueryConfig {
+        let mut q = talo_query::QueryConfig {
+            memory_limit_bytes: self.query_memory_mb << 20,
+            timeout: self.query_timeout,
+            max_concurrent: self.query_concurrency,
+            ..Default::default()
+        };
+        if self.query_threads > 0 {
+            q.threads = self.query_threads;
+        }
+        q
+    }
+
     pub(crate) fn engine_config(&self) -> talo_engine::EngineConfig {
         talo_engine::EngineConfig {
             data_dir: self.data_dir.clone(),
@@ -152,4 +181,8 @@ const KNOWN_KEYS: &[&str] = &[
     "TALO_PARTITION",
     "TALO_MAX_BODY_MB",
     "TALO_SHUTDOWN_TIMEOUT",
+    "TALO_QUERY_MEMORY_MB",
+    "TALO_QUERY_TIMEOUT",
+    "TALO_QUERY_CONCURRENCY",
+    "TALO_QUERY_THREADS",
 ];

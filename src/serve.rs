@@ -22,9 +22,13 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> anyhow::Result<()> {
-    let state = AppState::new(HttpConfig {
-        max_body_bytes: args.max_body_mb << 20,
-    });
+    let state = AppState::new(
+        HttpConfig {
+            max_body_bytes: args.max_body_mb << 20,
+        },
+        args.query_config(),
+    )
+    .context("starting the query runtime")?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;

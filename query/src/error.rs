@@ -21,6 +21,14 @@ pub enum ApiError {
     ShuttingDown,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    #[error("{0}")]
+    QueryTooLarge(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    QueryFailed(String),
     #[error("internal error")]
     Internal,
 }
@@ -35,7 +43,10 @@ impl ApiError {
             ApiError::NotReady | ApiError::ShuttingDown | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::QueryTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueryFailed(_) | ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -1,12 +1,16 @@
-//! talo's HTTP API.
+//! talo's query layer and HTTP API.
 //!
-//! In: HTTP requests (line-protocol writes, catalog and health queries). Out: engine
-//! writes (acknowledged only once durable) and JSON/Prometheus responses. SQL over
-//! DataFusion joins this crate with the query issue; nothing here writes files except
-//! through the engine.
+//! In: HTTP requests — line-protocol writes, SQL queries, catalog and health requests.
+//! Out: engine writes (acknowledged only once durable), query results computed by
+//! DataFusion over an engine snapshot (buffer ∪ segments, one row per point), and
+//! JSON/Prometheus responses. Nothing here writes files except through the engine.
 
+mod catalog;
 mod error;
+pub mod executor;
 mod metrics;
+mod scan;
+mod sql_api;
 mod write;
 
 use std::sync::{Arc, OnceLock};
@@ -22,6 +26,7 @@ use serde_json::json;
 use talo_engine::Engine;
 
 pub use error::ApiError;
+pub use executor::{QueryConfig, QueryExecutor};
 
 /// HTTP settings.
 #[derive(Debug, Clone)]
@@ -46,17 +51,19 @@ pub struct AppState {
     config: HttpConfig,
     started: Instant,
     http_metrics: metrics::HttpMetrics,
+    executor: QueryExecutor,
 }
 
 impl AppState {
-    /// State without an engine yet.
-    pub fn new(config: HttpConfig) -> Arc<Self> {
-        Arc::new(AppState {
+    /// State without an engine yet; starts the query runtime.
+    pub fn new(config: HttpConfig, query: QueryConfig) -> std::io::Result<Arc<Self>> {
+        Ok(Arc::new(AppState {
             engine: OnceLock::new(),
             config,
             started: Instant::now(),
             http_metrics: metrics::HttpMetrics::default(),
-        })
+            executor: QueryExecutor::new(query)?,
+        }))
     }
 
     /// Hand over the recovered engine: the server becomes ready.
@@ -76,6 +83,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics::metrics))
+        .route(
+            "/api/v1/query",
+            get(sql_api::query_get).post(sql_api::query_post),
+        )
         .route("/api/v1/write", post(write::write_v1_native))
         .route("/write", post(write::write_influx_v1))
         .route("/api/v2/write", post(write::write_influx_v2))

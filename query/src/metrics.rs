@@ -17,6 +17,29 @@ pub(crate) struct HttpMetrics {
     pub(crate) write_requests: AtomicU64,
     pub(crate) write_lines_rejected: AtomicU64,
     pub(crate) write_latency: Histogram,
+    pub(crate) queries_ok: AtomicU64,
+    pub(crate) queries_invalid: AtomicU64,
+    pub(crate) queries_failed: AtomicU64,
+    pub(crate) queries_refused: AtomicU64,
+    pub(crate) query_latency: Histogram,
+}
+
+impl HttpMetrics {
+    pub(crate) fn observe_query<T>(
+        &self,
+        r: &Result<T, crate::executor::QueryError>,
+        took: std::time::Duration,
+    ) {
+        use crate::executor::QueryError as E;
+        let c = match r {
+            Ok(_) => &self.queries_ok,
+            Err(E::Invalid(_) | E::NotAllowed(_)) => &self.queries_invalid,
+            Err(E::Busy(_)) => &self.queries_refused,
+            Err(_) => &self.queries_failed,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        self.query_latency.observe(took);
+    }
 }
 
 fn counter(out: &mut String, name: &str, help: &str, v: u64) {

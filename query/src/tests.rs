@@ -15,9 +15,13 @@ fn setup() -> (tempfile::TempDir, Arc<AppState>, Router) {
         ..Default::default()
     })
     .unwrap();
-    let state = AppState::new(HttpConfig {
-        max_body_bytes: 4096,
-    });
+    let state = AppState::new(
+        HttpConfig {
+            max_body_bytes: 4096,
+        },
+        QueryConfig::default(),
+    )
+    .unwrap();
     state.set_engine(engine);
     let app = app(Arc::clone(&state));
     (dir, state, app)
@@ -45,7 +49,7 @@ fn post(uri: &str, body: impl Into<Body>) -> Request<Body> {
 
 #[tokio::test]
 async fn not_ready_until_engine_is_set() {
-    let state = AppState::new(HttpConfig::default());
+    let state = AppState::new(HttpConfig::default(), QueryConfig::default()).unwrap();
     let app = app(Arc::clone(&state));
     let (s, v) = send(&app, Request::get("/ready").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
@@ -209,4 +213,234 @@ async fn hostile_input() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     let (s, _) = send(&app, Request::get("/nope").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+async fn sql(app: &Router, db: &str, q: &str) -> (StatusCode, serde_json::Value) {
+    let uri = format!("/api/v1/query?db={db}&sql={}", urlencode(q));
+    send(app, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_sees_buffer_and_segments_with_one_row_per_point() {
+    let (_d, state, app) = setup();
+    let w = |body: &'static str| post("/api/v1/write?db=house&precision=s", body);
+    assert_eq!(
+        send(&app, w("env,room=a t=1,h=10 100\nenv,room=b t=2 100\n"))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    // same point again in the buffer: t overwritten, h kept
+    assert_eq!(
+        send(&app, w("env,room=a t=5 100\n")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = sql(&app, "house", "SELECT room, t, h FROM env ORDER BY room").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        serde_json::json!([{"room":"a","t":5.0,"h":10.0},{"room":"b","t":2.0,"h":null}])
+    );
+    // flush, then write the same point once more: segment + buffer overlap
+    state.engine().unwrap().flush().await.unwrap();
+    assert_eq!(
+        send(&app, w("env,room=b h=7 100\nenv,room=c t=9 200\n"))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (s, v) = sql(
+        &app,
+        "house",
+        "SELECT room, t, h, time FROM env ORDER BY room",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 3, "{v}");
+    assert_eq!(
+        v[1],
+        serde_json::json!({"room":"b","t":2.0,"h":7.0,"time":"1970-01-01T00:01:40Z"})
+    );
+    // everything flushed: segments only, still one row per point
+    state.engine().unwrap().flush().await.unwrap();
+    let (_, v) = sql(
+        &app,
+        "house",
+        "SELECT count(*) AS n, sum(t) AS st FROM house.env",
+    )
+    .await;
+    assert_eq!(v, serde_json::json!([{"n": 3, "st": 16.0}]));
+    // time predicates, time_bucket and date_bin
+    let (s, v) = sql(&app, "house", "SELECT time_bucket(INTERVAL '5 minutes', time) AS b, count(*) AS n FROM env WHERE time >= '1970-01-01T00:01:40Z' AND time < '1970-01-01T00:03:00Z' GROUP BY b ORDER BY b").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, serde_json::json!([{"b":"1970-01-01T00:00:00Z","n":2}]));
+    let (_, v) = sql(
+        &app,
+        "house",
+        "SELECT count(*) AS n FROM env WHERE time > '1970-01-01T00:02:00Z'",
+    )
+    .await;
+    assert_eq!(v, serde_json::json!([{"n": 1}]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn formats_and_post_bodies() {
+    let (_d, _state, app) = setup();
+    assert_eq!(
+        send(&app, post("/api/v1/write?db=x", "m,k=v f=1.5,i=2i 1000\n"))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let req = |fmt: &str| {
+        Request::get(format!(
+            "/api/v1/query?db=x&format={fmt}&q=SELECT%20k,f,i%20FROM%20m"
+        ))
+        .body(Body::empty())
+        .unwrap()
+    };
+    let resp = app.clone().oneshot(req("csv")).await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"k,f,i\nv,1.5,2\n");
+    let resp = app.clone().oneshot(req("jsonl")).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"{\"k\":\"v\",\"f\":1.5,\"i\":2}\n");
+    for fmt in ["arrow", "parquet"] {
+        let resp = app.clone().oneshot(req(fmt)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert!(body.len() > 50, "{fmt}");
+    }
+    let (s, _) = send(&app, req("xml")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // POST JSON and POST text/plain
+    let r = Request::post("/api/v1/query")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"sql":"SELECT count(*) AS n FROM m","db":"x"}"#,
+        ))
+        .unwrap();
+    assert_eq!(send(&app, r).await.1, serde_json::json!([{"n":1}]));
+    let r = Request::post("/api/v1/query?db=x")
+        .header("content-type", "text/plain")
+        .body(Body::from("SELECT count(*) AS n FROM m"))
+        .unwrap();
+    assert_eq!(send(&app, r).await.1, serde_json::json!([{"n":1}]));
+    // empty results still have their shape
+    let (_, v) = sql(&app, "x", "SELECT k FROM m WHERE f > 100").await;
+    assert_eq!(v, serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sql_is_refused_and_touches_no_file() {
+    let (dir, _state, app) = setup();
+    assert_eq!(
+        send(&app, post("/api/v1/write?db=x", "m f=1 1\n")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let target = dir.path().join("stolen.csv");
+    let t = target.display();
+    for q in [
+        format!("COPY (SELECT * FROM m) TO '{t}'"),
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "INSERT INTO m VALUES (1)".to_string(),
+        "DROP TABLE m".to_string(),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        "SELECT 1; SELECT 2".to_string(),
+        "SELECT * FROM '/etc/passwd'".to_string(),
+        "SELECT * FROM read_parquet('/etc/passwd')".to_string(),
+        "CREATE TABLE t AS SELECT 1".to_string(),
+        "SELEC nonsense".to_string(),
+        "SELECT * FROM nope".to_string(),
+    ] {
+        let (s, v) = sql(&app, "x", &q).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        assert!(v["error"].is_string(), "{q}");
+    }
+    assert!(!target.exists());
+    let (s, _) = sql(&app, "..", "SELECT 1").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = sql(&app, "x", "").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_timeout_and_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(talo_engine::EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let state = AppState::new(
+        HttpConfig::default(),
+        QueryConfig {
+            memory_limit_bytes: 1 << 20,
+            timeout: std::time::Duration::from_secs(2),
+            max_concurrent: 1,
+            threads: 2,
+        },
+    )
+    .unwrap();
+    state.set_engine(engine);
+    let app = app(Arc::clone(&state));
+    let (s, v) = sql(
+        &app,
+        "default",
+        "SELECT value FROM generate_series(1, 3000000) ORDER BY value DESC LIMIT 10 OFFSET 2000000",
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("memory"), "{v}");
+    let (s, v) = sql(
+        &app,
+        "default",
+        "SELECT count(*) FROM generate_series(1, 10000000000)",
+    )
+    .await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    // writes go on meanwhile, and the server still answers
+    let (s, v) = sql(&app, "default", "SELECT 1 AS one").await;
+    assert_eq!((s, v), (StatusCode::OK, serde_json::json!([{"one": 1}])));
+    // one slot: a second concurrent query is refused with 429
+    let slow = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            sql(
+                &app,
+                "default",
+                "SELECT count(*) FROM generate_series(1, 10000000000)",
+            )
+            .await
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state.executor.running() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow query never started"
+        );
+        tokio::task::yield_now().await;
+    }
+    let (s, v) = sql(&app, "default", "SELECT 1").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(slow.await.unwrap().0, StatusCode::GATEWAY_TIMEOUT);
 }

@@ -1,0 +1,222 @@
+//! The DataFusion catalog over one engine snapshot: each database is a schema, each
+//! table a view that reads buffer ∪ segments and shows one row per point.
+//!
+//! Deduplication (same series + time → one row; for each field the last non-null value
+//! written wins) is only planned where copies can exist: the buffer, and segments whose
+//! time ranges overlap the buffer or each other. Segments that overlap nothing are
+//! already deduplicated by the flush and are read as they are.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::view::ViewTable;
+use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::provider_as_source;
+use datafusion::functions_aggregate::expr_fn::last_value;
+use datafusion::logical_expr::{
+    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, ident, lit,
+};
+use talo_engine::buffer::align_batch;
+use talo_engine::{ColumnType, Snapshot, TableSnapshot};
+
+use crate::scan::SegmentTable;
+
+/// Name of the hidden arrival-order column used for last-write-wins.
+const SEQ: &str = "__talo_seq";
+/// Buffer rows are newer than every segment.
+const BUFFER_SEQ_BASE: u64 = 1 << 48;
+
+/// All databases of a snapshot.
+#[derive(Debug)]
+pub(crate) struct TaloCatalog {
+    snapshot: Arc<Snapshot>,
+    data_dir: PathBuf,
+}
+
+impl TaloCatalog {
+    pub(crate) fn new(snapshot: Arc<Snapshot>, data_dir: PathBuf) -> Self {
+        TaloCatalog { snapshot, data_dir }
+    }
+}
+
+impl CatalogProvider for TaloCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        self.snapshot
+            .catalog
+            .database_names()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        self.snapshot.catalog.database(name)?;
+        Some(Arc::new(DbSchema {
+            db: name.to_string(),
+            snapshot: Arc::clone(&self.snapshot),
+            data_dir: self.data_dir.clone(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct DbSchema {
+    db: String,
+    snapshot: Arc<Snapshot>,
+    data_dir: PathBuf,
+}
+
+#[async_trait]
+impl SchemaProvider for DbSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.snapshot
+            .catalog
+            .database(&self.db)
+            .map(|d| d.tables.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        let Some(t) = self.snapshot.table(&self.db, name) else {
+            return Ok(None);
+        };
+        Ok(Some(table_provider(t, &self.data_dir)?))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.snapshot.catalog.table(&self.db, name).is_some()
+    }
+}
+
+/// Build the provider for one table of the snapshot.
+pub(crate) fn table_provider(
+    t: TableSnapshot,
+    data_dir: &std::path::Path,
+) -> Result<Arc<dyn TableProvider>> {
+    let schema = t.table.schema();
+    let (clean, dirty) = split_overlapping(&t);
+    if t.chunks.is_empty() && dirty.is_empty() {
+        return Ok(Arc::new(SegmentTable {
+            schema,
+            data_dir: data_dir.to_path_buf(),
+            segments: clean,
+        }));
+    }
+
+    // sources that may hold copies of the same point, each with its arrival order
+    let seq_schema = with_seq(&schema);
+    let mut dirty_plans: Vec<LogicalPlan> = Vec::new();
+    for seg in &dirty {
+        let provider = Arc::new(SegmentTable {
+            schema: Arc::clone(&schema),
+            data_dir: data_dir.to_path_buf(),
+            segments: vec![Arc::clone(seg)],
+        });
+        let mut exprs: Vec<Expr> = schema.fields().iter().map(|f| ident(f.name())).collect();
+        exprs.push(lit(seg.id).alias(SEQ));
+        dirty_plans.push(
+            LogicalPlanBuilder::scan(
+                format!("segment_{}", seg.id),
+                provider_as_source(provider),
+                None,
+            )?
+            .project(exprs)?
+            .build()?,
+        );
+    }
+    if !t.chunks.is_empty() {
+        let mut batches = Vec::with_capacity(t.chunks.len());
+        let mut seq = BUFFER_SEQ_BASE;
+        for c in &t.chunks {
+            let aligned = align_batch(&c.batch, &schema)
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let n = aligned.num_rows() as u64;
+            let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(seq..seq + n));
+            seq += n;
+            let mut cols = aligned.columns().to_vec();
+            cols.push(seqs);
+            batches.push(RecordBatch::try_new(Arc::clone(&seq_schema), cols)?);
+        }
+        let mem = Arc::new(MemTable::try_new(Arc::clone(&seq_schema), vec![batches])?);
+        dirty_plans
+            .push(LogicalPlanBuilder::scan("buffer", provider_as_source(mem), None)?.build()?);
+    }
+    let mut dirty_iter = dirty_plans.into_iter();
+    let mut builder = LogicalPlanBuilder::from(
+        dirty_iter
+            .next()
+            .ok_or_else(|| DataFusionError::Internal("no source".into()))?,
+    );
+    for p in dirty_iter {
+        builder = builder.union(p)?;
+    }
+
+    // one row per (tags, time): per field the last non-null value in arrival order
+    let mut group = Vec::new();
+    let mut aggs = Vec::new();
+    for c in &t.table.columns {
+        match c.ty {
+            ColumnType::Time | ColumnType::Tag => group.push(ident(&c.name)),
+            ColumnType::Field(_) => aggs.push(
+                last_value(ident(&c.name), vec![ident(SEQ).sort(true, false)])
+                    .filter(ident(&c.name).is_not_null())
+                    .build()?
+                    .alias(&c.name),
+            ),
+        }
+    }
+    let order: Vec<Expr> = schema.fields().iter().map(|f| ident(f.name())).collect();
+    let mut plan = builder.aggregate(group, aggs)?.project(order.clone())?;
+    if !clean.is_empty() {
+        let provider = Arc::new(SegmentTable {
+            schema: Arc::clone(&schema),
+            data_dir: data_dir.to_path_buf(),
+            segments: clean,
+        });
+        let clean_plan = LogicalPlanBuilder::scan("segments", provider_as_source(provider), None)?
+            .project(order)?
+            .build()?;
+        plan = plan.union(clean_plan)?;
+    }
+    Ok(Arc::new(ViewTable::new(plan.build()?, None)))
+}
+
+fn with_seq(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(SEQ, DataType::UInt64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Split segments into those that overlap nothing (no copies possible) and the rest.
+fn split_overlapping(
+    t: &TableSnapshot,
+) -> (
+    Vec<Arc<talo_engine::SegmentMeta>>,
+    Vec<Arc<talo_engine::SegmentMeta>>,
+) {
+    let buffer_range = t
+        .chunks
+        .iter()
+        .map(|c| (c.min_time, c.max_time))
+        .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+    let mut clean = Vec::new();
+    let mut dirty = Vec::new();
+    for (i, s) in t.segments.iter().enumerate() {
+        let overlaps_buffer =
+            buffer_range.is_some_and(|(lo, hi)| s.min_time <= hi && s.max_time >= lo);
+        let overlaps_segment = t
+            .segments
+            .iter()
+            .enumerate()
+            .any(|(j, o)| i != j && s.min_time <= o.max_time && s.max_time >= o.min_time);
+        if overlaps_buffer || overlaps_segment {
+            dirty.push(Arc::clone(s));
+        } else {
+            clean.push(Arc::clone(s));
+        }
+    }
+    (clean, dirty)
+}

@@ -1,0 +1,185 @@
+//! Scanning Parquet segments: a `TableProvider` over a set of segment files that skips
+//! whole files by their manifest time range and hands the filters to the Parquet reader
+//! for row-group and page pruning (statistics + page index).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::catalog::TableProvider;
+use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use talo_engine::SegmentMeta;
+use talo_engine::model::TIME_COLUMN;
+
+/// Inclusive time bounds (ns) implied by a query's filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TimeBounds {
+    pub(crate) min: i64,
+    pub(crate) max: i64,
+}
+
+impl Default for TimeBounds {
+    fn default() -> Self {
+        TimeBounds {
+            min: i64::MIN,
+            max: i64::MAX,
+        }
+    }
+}
+
+impl TimeBounds {
+    /// Whether `[min, max]` may hold matching rows.
+    pub(crate) fn overlaps(&self, min: i64, max: i64) -> bool {
+        min <= self.max && max >= self.min
+    }
+
+    /// Narrow by every conjunct of the form `time <op> literal`.
+    pub(crate) fn from_filters(filters: &[Expr]) -> Self {
+        let mut b = TimeBounds::default();
+        for f in filters {
+            b.narrow(f);
+        }
+        b
+    }
+
+    fn narrow(&mut self, e: &Expr) {
+        match e {
+            Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+                if *op == Operator::And {
+                    self.narrow(left);
+                    self.narrow(right);
+                    return;
+                }
+                let (op, value) = match (is_time(left), is_time(right)) {
+                    (true, false) => (*op, literal_nanos(right)),
+                    (false, true) => match op.swap() {
+                        Some(op) => (op, literal_nanos(left)),
+                        None => return,
+                    },
+                    _ => return,
+                };
+                let Some(v) = value else { return };
+                match op {
+                    Operator::Gt => self.min = self.min.max(v.saturating_add(1)),
+                    Operator::GtEq => self.min = self.min.max(v),
+                    Operator::Lt => self.max = self.max.min(v.saturating_sub(1)),
+                    Operator::LtEq => self.max = self.max.min(v),
+                    Operator::Eq => {
+                        self.min = self.min.max(v);
+                        self.max = self.max.min(v);
+                    }
+                    _ => {}
+                }
+            }
+            Expr::Between(b) if !b.negated && is_time(&b.expr) => {
+                if let (Some(lo), Some(hi)) = (literal_nanos(&b.low), literal_nanos(&b.high)) {
+                    self.min = self.min.max(lo);
+                    self.max = self.max.min(hi);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn is_time(e: &Expr) -> bool {
+    matches!(e, Expr::Column(c) if c.name == TIME_COLUMN)
+}
+
+fn literal_nanos(e: &Expr) -> Option<i64> {
+    let Expr::Literal(v, _) = e else { return None };
+    match v {
+        ScalarValue::TimestampNanosecond(Some(x), _) => Some(*x),
+        ScalarValue::TimestampMicrosecond(Some(x), _) => x.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(x), _) => x.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(x), _) => x.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}
+
+/// A set of segment files of one table.
+#[derive(Debug)]
+pub(crate) struct SegmentTable {
+    pub(crate) schema: SchemaRef,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) segments: Vec<Arc<SegmentMeta>>,
+}
+
+#[async_trait]
+impl TableProvider for SegmentTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // used for pruning only; DataFusion still applies every filter to the rows
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let bounds = TimeBounds::from_filters(filters);
+        let files: Vec<PartitionedFile> = self
+            .segments
+            .iter()
+            .filter(|s| bounds.overlaps(s.min_time, s.max_time))
+            .map(|s| {
+                let path = self.data_dir.join(&s.path);
+                PartitionedFile::new(
+                    path.to_string_lossy().trim_start_matches('/').to_string(),
+                    s.bytes,
+                )
+            })
+            .collect();
+        if files.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => Arc::clone(&self.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let mut source = ParquetSource::new(Arc::clone(&self.schema));
+        if let Some(predicate) = conjunction(filters.iter().cloned()) {
+            let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+            let physical = state.create_physical_expr(predicate, &df_schema)?;
+            source = source.with_predicate(physical);
+        }
+        // spread files over the available threads
+        let parts = state.config().target_partitions().max(1);
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); parts.min(files.len())];
+        for (i, f) in files.into_iter().enumerate() {
+            let n = groups.len();
+            groups[i % n].push(f);
+        }
+        let config =
+            FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
+                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_projection_indices(projection.cloned())?
+                .with_limit(limit)
+                .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
