@@ -25,6 +25,10 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
+    /// Run a SQL query against a talo server and print the result.
+    Query(crate::client::QueryArgs),
+    /// Send line protocol from a file (or `-` for standard input) to a talo server.
+    Write(crate::client::WriteArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -155,7 +159,12 @@ pub(crate) fn apply_config_file_to_env() -> anyhow::Result<()> {
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Table(_) | toml::Value::Array(_) => continue,
+            toml::Value::Table(_) | toml::Value::Array(_) => {
+                if !SECTIONS.contains(&key.as_str()) {
+                    bail!("config file {path}: unknown section {key:?}");
+                }
+                continue;
+            }
             toml::Value::Datetime(d) => d.to_string(),
         };
         let var = format!("TALO_{}", key.to_ascii_uppercase().replace('-', "_"));
@@ -169,6 +178,26 @@ pub(crate) fn apply_config_file_to_env() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The sections of the config file that are not flags.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct FileSections {
+    #[serde(default)]
+    pub(crate) tokens: Vec<talo_query::TokenConfig>,
+}
+
+/// Read the non-flag sections (`[[tokens]]`, ...) of the config file, if there is one.
+pub(crate) fn load_sections(path: Option<&std::path::Path>) -> anyhow::Result<FileSections> {
+    let Some(path) = path else {
+        return Ok(FileSections::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+/// Section names allowed at the top level of the config file besides flag keys.
+const SECTIONS: &[&str] = &["tokens"];
 
 const KNOWN_KEYS: &[&str] = &[
     "TALO_DATA_DIR",

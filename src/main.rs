@@ -1,5 +1,6 @@
 //! The `talo` binary: configuration, runtimes, wiring and graceful shutdown.
 
+mod client;
 mod config;
 mod serve;
 
@@ -21,6 +22,8 @@ fn main() -> std::process::ExitCode {
         .init();
     let res = match cli.command {
         config::Command::Serve(args) => serve::run(*args),
+        config::Command::Query(args) => client::query(args),
+        config::Command::Write(args) => client::write(args),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

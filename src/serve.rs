@@ -22,9 +22,21 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> anyhow::Result<()> {
+    let sections = crate::config::load_sections(args.config.as_deref())?;
+    let auth = talo_query::Auth::new(&sections.tokens)
+        .map_err(|e| anyhow::anyhow!("invalid [[tokens]] in the config file: {e}"))?;
+    if auth.enabled() {
+        tracing::info!(tokens = sections.tokens.len(), "token authentication on");
+    } else {
+        tracing::warn!(
+            "NO TOKENS CONFIGURED: authentication is OFF, anyone who can reach {} may read and write every database",
+            args.http_addr
+        );
+    }
     let state = AppState::new(
         HttpConfig {
             max_body_bytes: args.max_body_mb << 20,
+            auth,
         },
         args.query_config(),
     )

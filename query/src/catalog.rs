@@ -23,6 +23,7 @@ use datafusion::logical_expr::{
 use talo_engine::buffer::align_batch;
 use talo_engine::{ColumnType, Snapshot, TableSnapshot};
 
+use crate::auth::{Permission, Principal};
 use crate::scan::SegmentTable;
 
 /// Name of the hidden arrival-order column used for last-write-wins.
@@ -30,16 +31,24 @@ const SEQ: &str = "__talo_seq";
 /// Buffer rows are newer than every segment.
 const BUFFER_SEQ_BASE: u64 = 1 << 48;
 
-/// All databases of a snapshot.
+/// Start of the error message for a database the token may not read.
+pub(crate) const DENIED: &str = "permission denied: ";
+
+/// The databases of a snapshot that a principal may read.
 #[derive(Debug)]
 pub(crate) struct TaloCatalog {
     snapshot: Arc<Snapshot>,
     data_dir: PathBuf,
+    who: Principal,
 }
 
 impl TaloCatalog {
-    pub(crate) fn new(snapshot: Arc<Snapshot>, data_dir: PathBuf) -> Self {
-        TaloCatalog { snapshot, data_dir }
+    pub(crate) fn new(snapshot: Arc<Snapshot>, data_dir: PathBuf, who: Principal) -> Self {
+        TaloCatalog {
+            snapshot,
+            data_dir,
+            who,
+        }
     }
 }
 
@@ -48,17 +57,43 @@ impl CatalogProvider for TaloCatalog {
         self.snapshot
             .catalog
             .database_names()
+            .filter(|db| self.who.can(Permission::Read, db))
             .map(str::to_string)
             .collect()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
         self.snapshot.catalog.database(name)?;
+        if !self.who.can(Permission::Read, name) {
+            return Some(Arc::new(DeniedSchema(name.to_string())));
+        }
         Some(Arc::new(DbSchema {
             db: name.to_string(),
             snapshot: Arc::clone(&self.snapshot),
             data_dir: self.data_dir.clone(),
         }))
+    }
+}
+
+/// A database the principal may not read: naming any of its tables is an error.
+#[derive(Debug)]
+struct DeniedSchema(String);
+
+#[async_trait]
+impl SchemaProvider for DeniedSchema {
+    fn table_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn table(&self, _name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        Err(DataFusionError::Plan(format!(
+            "{DENIED}the token may not read database {:?}",
+            self.0
+        )))
+    }
+
+    fn table_exist(&self, _name: &str) -> bool {
+        false
     }
 }
 

@@ -11,6 +11,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -39,6 +43,8 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::NotFoundMsg(_) => StatusCode::NOT_FOUND,
             ApiError::NotReady | ApiError::ShuttingDown | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

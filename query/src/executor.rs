@@ -17,6 +17,7 @@ use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use talo_engine::Engine;
 use tokio::sync::Semaphore;
 
+use crate::auth::Principal;
 use crate::catalog::TaloCatalog;
 
 /// Name of the DataFusion catalog holding the databases.
@@ -55,6 +56,8 @@ pub enum QueryError {
     Invalid(String),
     #[error("only read-only queries are allowed: {0}")]
     NotAllowed(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("query exceeded its memory limit of {0} bytes")]
     TooMuchMemory(usize),
     #[error("query timed out after {0:?}")]
@@ -112,6 +115,7 @@ impl QueryExecutor {
     pub async fn run(
         &self,
         engine: &Arc<Engine>,
+        who: &Principal,
         db: &str,
         sql: &str,
     ) -> Result<QueryOutput, QueryError> {
@@ -126,11 +130,15 @@ impl QueryExecutor {
         let cfg = self.config.clone();
         let db = db.to_string();
         let sql = sql.to_string();
+        let who = who.clone();
         let task = rt.spawn(async move {
             let _permit = permit;
             let timeout = cfg.timeout;
-            match tokio::time::timeout(timeout, execute(snapshot, data_dir, cfg.clone(), db, sql))
-                .await
+            match tokio::time::timeout(
+                timeout,
+                execute(snapshot, data_dir, who, cfg.clone(), db, sql),
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(_) => Err(QueryError::Timeout(timeout)),
@@ -144,6 +152,7 @@ impl QueryExecutor {
 fn context(
     snapshot: Arc<talo_engine::Snapshot>,
     data_dir: PathBuf,
+    who: Principal,
     cfg: &QueryConfig,
     db: &str,
 ) -> Result<SessionContext, DataFusionError> {
@@ -165,7 +174,7 @@ fn context(
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);
-    ctx.register_catalog(CATALOG, Arc::new(TaloCatalog::new(snapshot, data_dir)));
+    ctx.register_catalog(CATALOG, Arc::new(TaloCatalog::new(snapshot, data_dir, who)));
     ctx.register_udf(ScalarUDF::clone(&date_bin()).with_aliases(["time_bucket"]));
     Ok(ctx)
 }
@@ -173,12 +182,13 @@ fn context(
 async fn execute(
     snapshot: Arc<talo_engine::Snapshot>,
     data_dir: PathBuf,
+    who: Principal,
     cfg: QueryConfig,
     db: String,
     sql: String,
 ) -> Result<QueryOutput, QueryError> {
-    let ctx =
-        context(snapshot, data_dir, &cfg, &db).map_err(|e| QueryError::Execution(e.to_string()))?;
+    let ctx = context(snapshot, data_dir, who, &cfg, &db)
+        .map_err(|e| QueryError::Execution(e.to_string()))?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -195,6 +205,9 @@ async fn execute(
 fn classify(e: DataFusionError, cfg: &QueryConfig) -> QueryError {
     let root = e.find_root();
     let msg = root.to_string();
+    if let Some(i) = msg.find(crate::catalog::DENIED) {
+        return QueryError::Forbidden(msg[i..].to_string());
+    }
     if msg.contains("not supported") && ["DDL", "DML", "Statement"].iter().any(|k| msg.contains(k))
     {
         return QueryError::NotAllowed(msg);

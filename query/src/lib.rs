@@ -5,6 +5,7 @@
 //! DataFusion over an engine snapshot (buffer ∪ segments, one row per point), and
 //! JSON/Prometheus responses. Nothing here writes files except through the engine.
 
+pub mod auth;
 mod catalog;
 mod error;
 pub mod executor;
@@ -25,6 +26,7 @@ use serde::Deserialize;
 use serde_json::json;
 use talo_engine::Engine;
 
+pub use auth::{Auth, Permission, TokenConfig};
 pub use error::ApiError;
 pub use executor::{QueryConfig, QueryExecutor};
 
@@ -33,12 +35,15 @@ pub use executor::{QueryConfig, QueryExecutor};
 pub struct HttpConfig {
     /// Largest accepted request body (after gzip decoding), in bytes. Default 64 MiB.
     pub max_body_bytes: usize,
+    /// Tokens; none = auth off. Default none.
+    pub auth: Auth,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_body_bytes: 64 << 20,
+            auth: Auth::default(),
         }
     }
 }
@@ -124,10 +129,15 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-async fn databases(State(s): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn databases(
+    State(s): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = s.config.auth.principal(&headers, None)?;
     let catalog = s.engine()?.catalog();
     let dbs: Vec<_> = catalog
         .database_names()
+        .filter(|name| who.can(Permission::Read, name))
         .map(|name| {
             let tables = catalog.database(name).map(|d| d.tables.len()).unwrap_or(0);
             json!({"name": name, "tables": tables})
@@ -143,9 +153,14 @@ struct TablesParams {
 
 async fn tables(
     State(s): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     Query(p): Query<TablesParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let db = p.db.unwrap_or_else(|| "default".to_string());
+    s.config
+        .auth
+        .principal(&headers, None)?
+        .require(Permission::Read, &db)?;
     let catalog = s.engine()?.catalog();
     let Some(d) = catalog.database(&db) else {
         return Err(ApiError::NotFoundMsg(format!(

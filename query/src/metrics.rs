@@ -33,7 +33,7 @@ impl HttpMetrics {
         use crate::executor::QueryError as E;
         let c = match r {
             Ok(_) => &self.queries_ok,
-            Err(E::Invalid(_) | E::NotAllowed(_)) => &self.queries_invalid,
+            Err(E::Invalid(_) | E::NotAllowed(_) | E::Forbidden(_)) => &self.queries_invalid,
             Err(E::Busy(_)) => &self.queries_refused,
             Err(_) => &self.queries_failed,
         };
@@ -65,7 +65,11 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     );
 }
 
-pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+pub(crate) async fn metrics(
+    State(s): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, crate::ApiError> {
+    s.config.auth.principal(&headers, None)?;
     let mut out = String::new();
     let h = &s.http_metrics;
     counter(
@@ -169,5 +173,5 @@ pub(crate) async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse
             snap.segments.iter().map(|s| s.bytes).sum(),
         );
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

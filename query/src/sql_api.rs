@@ -60,8 +60,9 @@ impl Format {
 pub(crate) async fn query_get(
     State(s): State<Arc<AppState>>,
     Query(p): Query<QueryParams>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    run(&s, p).await
+    run(&s, p, &headers).await
 }
 
 pub(crate) async fn query_post(
@@ -85,10 +86,11 @@ pub(crate) async fn query_post(
             .map_err(|_| ApiError::BadRequest("the SQL body is not valid UTF-8".into()))?;
         p.sql = Some(text.to_string());
     }
-    run(&s, p).await
+    run(&s, p, &headers).await
 }
 
-async fn run(s: &AppState, p: QueryParams) -> Result<Response, ApiError> {
+async fn run(s: &AppState, p: QueryParams, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let who = s.config.auth.principal(headers, None)?;
     let engine = Arc::clone(s.engine()?);
     let format = Format::parse(p.format.as_deref())?;
     let sql = p
@@ -98,8 +100,9 @@ async fn run(s: &AppState, p: QueryParams) -> Result<Response, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("missing SQL: pass sql=... (or q=...)".into()))?;
     let db = p.db.unwrap_or_else(|| "default".into());
     talo_engine::model::validate_db_name(&db)?;
+    who.require(crate::Permission::Read, &db)?;
     let started = std::time::Instant::now();
-    let result = s.executor.run(&engine, &db, &sql).await;
+    let result = s.executor.run(&engine, &who, &db, &sql).await;
     s.http_metrics.observe_query(&result, started.elapsed());
     let out = result.map_err(ApiError::from)?;
     let body = encode(&out, format).map_err(|e| {
@@ -120,6 +123,7 @@ impl From<QueryError> for ApiError {
             QueryError::Invalid(_) | QueryError::NotAllowed(_) => {
                 ApiError::BadRequest(e.to_string())
             }
+            QueryError::Forbidden(msg) => ApiError::Forbidden(msg),
             QueryError::TooMuchMemory(_) => ApiError::QueryTooLarge(e.to_string()),
             QueryError::Timeout(_) => ApiError::Timeout(e.to_string()),
             QueryError::Busy(_) => ApiError::Busy(e.to_string()),

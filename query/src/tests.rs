@@ -18,6 +18,7 @@ fn setup() -> (tempfile::TempDir, Arc<AppState>, Router) {
     let state = AppState::new(
         HttpConfig {
             max_body_bytes: 4096,
+            auth: Auth::default(),
         },
         QueryConfig::default(),
     )
@@ -443,4 +444,217 @@ async fn memory_limit_timeout_and_concurrency() {
     let (s, v) = sql(&app, "default", "SELECT 1").await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(slow.await.unwrap().0, StatusCode::GATEWAY_TIMEOUT);
+}
+
+fn with_tokens() -> (tempfile::TempDir, Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(talo_engine::EngineConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let tok = |name: &str, secret: &str, dbs: &[&str], perms: &[Permission]| TokenConfig {
+        name: name.into(),
+        token: Some(secret.into()),
+        token_file: None,
+        databases: dbs.iter().map(|s| s.to_string()).collect(),
+        permissions: perms.to_vec(),
+    };
+    let auth = Auth::new(&[
+        tok(
+            "house-sensors",
+            "house-write-secret-0001",
+            &["house"],
+            &[Permission::Write],
+        ),
+        tok(
+            "house-app",
+            "house-read-secret-00002",
+            &["house"],
+            &[Permission::Read],
+        ),
+        tok(
+            "toe",
+            "toe-readwrite-secret-03",
+            &["toe"],
+            &[Permission::Read, Permission::Write],
+        ),
+        tok(
+            "analyst",
+            "analyst-all-secret-0004",
+            &["*"],
+            &[Permission::Read],
+        ),
+    ])
+    .unwrap();
+    let state = AppState::new(
+        HttpConfig {
+            auth,
+            ..Default::default()
+        },
+        QueryConfig::default(),
+    )
+    .unwrap();
+    state.set_engine(engine);
+    (dir, app(state))
+}
+
+fn authed(method: &str, uri: &str, token: Option<&str>, body: &str) -> Request<Body> {
+    let mut r = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        r = r.header("authorization", format!("Bearer {t}"));
+    }
+    r.body(Body::from(body.to_string())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_isolate_databases() {
+    let (_d, app) = with_tokens();
+    const HW: &str = "house-write-secret-0001";
+    const HR: &str = "house-read-secret-00002";
+    const TOE: &str = "toe-readwrite-secret-03";
+    const ALL: &str = "analyst-all-secret-0004";
+    // health and ready need no token
+    assert_eq!(
+        send(&app, authed("GET", "/health", None, "")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, authed("GET", "/ready", None, "")).await.0,
+        StatusCode::OK
+    );
+    // everything else does
+    for (m, uri) in [
+        ("POST", "/api/v1/write?db=house"),
+        ("GET", "/api/v1/query?db=house&sql=SELECT%201"),
+        ("GET", "/api/v1/databases"),
+        ("GET", "/api/v1/tables?db=house"),
+        ("GET", "/metrics"),
+    ] {
+        assert_eq!(
+            send(&app, authed(m, uri, None, "env t=1 1")).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{uri}"
+        );
+        assert_eq!(
+            send(
+                &app,
+                authed(m, uri, Some("wrong-token-wrong-token"), "env t=1 1")
+            )
+            .await
+            .0,
+            StatusCode::UNAUTHORIZED,
+            "{uri}"
+        );
+    }
+    // writes: own database only
+    assert_eq!(
+        send(
+            &app,
+            authed("POST", "/api/v1/write?db=house", Some(HW), "env,r=a t=1 1")
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        send(
+            &app,
+            authed("POST", "/api/v1/write?db=toe", Some(HW), "env t=1 1")
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(
+            &app,
+            authed("POST", "/api/v1/write?db=house", Some(HR), "env t=1 1")
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    // "Token" scheme and the v1 p= parameter, as Influx clients send them
+    let r = Request::post("/api/v2/write?bucket=toe")
+        .header("authorization", format!("Token {TOE}"))
+        .body(Body::from("env,r=x t=2 2"))
+        .unwrap();
+    assert_eq!(send(&app, r).await.0, StatusCode::NO_CONTENT);
+    let r = Request::post(format!("/write?db=toe&u=any&p={TOE}"))
+        .body(Body::from("env,r=y t=3 3"))
+        .unwrap();
+    assert_eq!(send(&app, r).await.0, StatusCode::NO_CONTENT);
+    // reads
+    let q = |db: &str, sql: &str| format!("/api/v1/query?db={db}&sql={}", urlencode(sql));
+    assert_eq!(
+        send(
+            &app,
+            authed(
+                "GET",
+                &q("house", "SELECT count(*) AS n FROM env"),
+                Some(HW),
+                ""
+            )
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, v) = send(
+        &app,
+        authed(
+            "GET",
+            &q("house", "SELECT count(*) AS n FROM env"),
+            Some(HR),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, serde_json::json!([{"n": 1}])));
+    let (s, v) = send(
+        &app,
+        authed(
+            "GET",
+            &q("house", "SELECT count(*) AS n FROM toe.env"),
+            Some(HR),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("toe"), "{v}");
+    assert_eq!(
+        send(&app, authed("GET", &q("toe", "SELECT 1"), Some(HR), ""))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let (_, v) = send(&app, authed("GET", "/api/v1/databases", Some(HR), "")).await;
+    assert_eq!(v["databases"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(
+        send(&app, authed("GET", "/api/v1/tables?db=toe", Some(HR), ""))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    // a token that may read both joins across them
+    let (s, v) = send(&app, authed("GET", &q("house", "SELECT h.t AS ht, sum(o.t) AS ot FROM house.env h CROSS JOIN toe.env o GROUP BY h.t"), Some(ALL), "")).await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, serde_json::json!([{"ht": 1.0, "ot": 5.0}]))
+    );
+    let (_, v) = send(&app, authed("GET", "/api/v1/databases", Some(ALL), "")).await;
+    assert_eq!(v["databases"].as_array().unwrap().len(), 2, "{v}");
+    // bad token configuration is refused
+    assert!(
+        Auth::new(&[TokenConfig {
+            name: "x".into(),
+            token: Some("short".into()),
+            token_file: None,
+            databases: vec!["a".into()],
+            permissions: vec![Permission::Read]
+        }])
+        .is_err()
+    );
 }

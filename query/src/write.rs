@@ -27,9 +27,12 @@ pub(crate) struct WriteParams {
     bucket: Option<String>,
     precision: Option<String>,
     accept_partial: Option<bool>,
+    /// InfluxDB v1 password parameter: a token.
+    p: Option<String>,
 }
 
 struct WriteTarget {
+    password: Option<String>,
     db: String,
     precision: Precision,
     accept_partial: bool,
@@ -43,6 +46,7 @@ fn target(db: Option<&str>, p: &WriteParams) -> Result<WriteTarget, ApiError> {
             .ok_or_else(|| ApiError::BadRequest(format!("unknown precision {s:?}")))?,
     };
     Ok(WriteTarget {
+        password: p.p.clone(),
         db: db.to_string(),
         precision,
         accept_partial: p.accept_partial.unwrap_or(true),
@@ -146,6 +150,10 @@ async fn handle(
     s.http_metrics
         .write_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    s.config
+        .auth
+        .principal(headers, t.password.as_deref())?
+        .require(crate::Permission::Write, &t.db)?;
     let engine = Arc::clone(s.engine()?);
     let body = read_body(body, headers, s.config.max_body_bytes).await?;
     let mut builder = engine.batch_builder(&t.db)?;

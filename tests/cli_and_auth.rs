@@ -1,0 +1,155 @@
+//! The real binary with tokens from the config file, driven by its own CLI clients and
+//! by curl: isolation between two projects' databases.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+const HOUSE: &str = "house-token-0123456789";
+const TOE: &str = "toe-token-abcdefghijkl";
+
+fn cli(talo: &Talo, args: &[&str], token: Option<&str>) -> std::process::Output {
+    let mut c = Command::new(BIN);
+    c.args(args).args(["--url", &talo.url("")]);
+    if let Some(t) = token {
+        c.env("TALO_TOKEN", t);
+    }
+    c.output().unwrap()
+}
+
+fn curl_status(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn tokens_from_config_file_and_cli_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("talo.toml");
+    std::fs::write(dir.path().join("toe.secret"), format!("{TOE}\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "flush-interval = \"1h\"\n\
+             [[tokens]]\nname = \"house\"\ntoken = \"{HOUSE}\"\ndatabases = [\"house\"]\npermissions = [\"read\", \"write\"]\n\
+             [[tokens]]\nname = \"toe\"\ntoken_file = \"{}\"\ndatabases = [\"toe\"]\npermissions = [\"read\", \"write\"]\n",
+            dir.path().join("toe.secret").display()
+        ),
+    )
+    .unwrap();
+    let talo = Talo::start_ready(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+
+    let lp = dir.path().join("in.lp");
+    std::fs::write(&lp, "env,room=kitchen temp=21.5,co2=500i 1764028800\nenv,room=bath temp=23.0,co2=450i 1764028810\n").unwrap();
+    let out = cli(
+        &talo,
+        &[
+            "write",
+            lp.to_str().unwrap(),
+            "--db",
+            "house",
+            "--precision",
+            "s",
+        ],
+        Some(HOUSE),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the other project's token may not write here, and no token is no access
+    let out = cli(
+        &talo,
+        &["write", lp.to_str().unwrap(), "--db", "house"],
+        Some(TOE),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&talo, &["query", "SELECT 1", "--db", "house"], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    let out = cli(
+        &talo,
+        &[
+            "query",
+            "SELECT room, temp, co2 FROM env ORDER BY room",
+            "--db",
+            "house",
+        ],
+        Some(HOUSE),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| room")
+            && table.contains("| kitchen | 21.5 | 500 |")
+            && table.contains("| bath    | 23.0 | 450 |"),
+        "{table}"
+    );
+    let out = cli(
+        &talo,
+        &[
+            "query",
+            "SELECT count(*) AS n FROM env",
+            "--db",
+            "house",
+            "--format",
+            "csv",
+        ],
+        Some(HOUSE),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n2\n");
+
+    // curl with the InfluxDB v1 parameters and the Token scheme
+    let url = talo.url(&format!("/write?db=toe&u=x&p={TOE}"));
+    assert_eq!(
+        curl_status(&["-XPOST", &url, "--data-binary", "env temp=1 1"]),
+        "204"
+    );
+    let url = talo.url("/api/v1/query?db=toe&sql=SELECT%20*%20FROM%20house.env");
+    assert_eq!(
+        curl_status(&["-H", &format!("Authorization: Token {TOE}"), &url]),
+        "403"
+    );
+    assert_eq!(curl_status(&[&talo.url("/metrics")]), "401");
+    assert_eq!(curl_status(&[&talo.url("/health")]), "200");
+
+    // a bad token section stops startup with a clear message
+    std::fs::write(&cfg, "[[tokens]]\nname = \"x\"\ntoken = \"short\"\ndatabases = [\"a\"]\npermissions = [\"read\"]\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("d2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 16"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
