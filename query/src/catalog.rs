@@ -16,7 +16,7 @@ use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::provider_as_source;
-use datafusion::functions_aggregate::expr_fn::last_value;
+use datafusion::functions_aggregate::first_last::last_value_udaf;
 use datafusion::logical_expr::{
     Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, ident, lit,
 };
@@ -196,7 +196,11 @@ pub(crate) fn table_provider(
         match c.ty {
             ColumnType::Time | ColumnType::Tag => group.push(ident(&c.name)),
             ColumnType::Field(_) => aggs.push(
-                last_value(ident(&c.name), vec![ident(SEQ).sort(true, false)])
+                // one builder for ORDER BY and FILTER: building `last_value(..)` first and
+                // adding the filter afterwards would drop the ordering
+                last_value_udaf()
+                    .call(vec![ident(&c.name)])
+                    .order_by(vec![ident(SEQ).sort(true, false)])
                     .filter(ident(&c.name).is_not_null())
                     .build()?
                     .alias(&c.name),

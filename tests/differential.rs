@@ -1,0 +1,49 @@
+//! talo's SQL answers equal DuckDB's on the same generated sensor data, with the data
+//! split between Parquet segments and the buffer and some points rewritten.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[test]
+fn answers_match_duckdb() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/differential.py");
+    let status = std::process::Command::new(python())
+        .arg(&script)
+        .args(["generate", d])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let data = dir.path().join("data");
+    // part 1 ends up in segments (SIGTERM flushes), part 2 in the buffer on top of them
+    let talo = Talo::start_ready(&data, &[]);
+    let (s, t) = post(
+        &talo.url("/api/v1/write?db=house&precision=s"),
+        &std::fs::read(dir.path().join("part1.lp")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(s, 204, "{t}");
+    assert!(talo.terminate(Duration::from_secs(30)).success());
+    let talo = Talo::start_ready(&data, &[]);
+    let (s, t) = post(
+        &talo.url("/api/v1/write?db=house&precision=s"),
+        &std::fs::read(dir.path().join("part2.lp")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(s, 204, "{t}");
+
+    let v = py_json("differential.py", &["compare", d, &talo.url(""), "house"]);
+    let mut failed = Vec::new();
+    for (name, r) in v.as_object().unwrap() {
+        assert!(r["rows"].as_u64().unwrap() > 0, "{name} returned nothing");
+        if r["ok"] != true {
+            failed.push(format!("{name}: duckdb {} talo {}", r["duckdb"], r["talo"]));
+        }
+    }
+    assert!(failed.is_empty(), "answers differ:\n{}", failed.join("\n"));
+    assert_eq!(v.as_object().unwrap().len(), 7);
+}
