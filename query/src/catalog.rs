@@ -132,7 +132,12 @@ pub(crate) fn table_provider(
     data_dir: &std::path::Path,
 ) -> Result<Arc<dyn TableProvider>> {
     let schema = t.table.schema();
-    let (clean, dirty) = split_overlapping(&t);
+    let buffer_range = t
+        .chunks
+        .iter()
+        .map(|c| (c.min_time, c.max_time))
+        .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+    let (clean, dirty) = split_overlapping(&t.segments, buffer_range);
     if t.chunks.is_empty() && dirty.is_empty() {
         return Ok(Arc::new(SegmentTable {
             schema,
@@ -230,32 +235,80 @@ fn with_seq(schema: &SchemaRef) -> SchemaRef {
 }
 
 /// Split segments into those that overlap nothing (no copies possible) and the rest.
+/// Sorting by start time makes this O(n log n): a segment overlaps another exactly when
+/// it starts before the latest end seen so far, or the next one starts before it ends.
+type Segments = Vec<Arc<talo_engine::SegmentMeta>>;
+
 fn split_overlapping(
-    t: &TableSnapshot,
-) -> (
-    Vec<Arc<talo_engine::SegmentMeta>>,
-    Vec<Arc<talo_engine::SegmentMeta>>,
-) {
-    let buffer_range = t
-        .chunks
-        .iter()
-        .map(|c| (c.min_time, c.max_time))
-        .reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)));
+    segments: &[Arc<talo_engine::SegmentMeta>],
+    buffer_range: Option<(i64, i64)>,
+) -> (Segments, Segments) {
+    let mut sorted: Vec<&Arc<talo_engine::SegmentMeta>> = segments.iter().collect();
+    sorted.sort_by_key(|s| (s.min_time, s.max_time));
     let mut clean = Vec::new();
     let mut dirty = Vec::new();
-    for (i, s) in t.segments.iter().enumerate() {
+    let mut max_end_before = i64::MIN;
+    for (i, s) in sorted.iter().enumerate() {
+        let overlaps_previous = i > 0 && s.min_time <= max_end_before;
+        let overlaps_next = sorted.get(i + 1).is_some_and(|n| n.min_time <= s.max_time);
         let overlaps_buffer =
             buffer_range.is_some_and(|(lo, hi)| s.min_time <= hi && s.max_time >= lo);
-        let overlaps_segment = t
-            .segments
-            .iter()
-            .enumerate()
-            .any(|(j, o)| i != j && s.min_time <= o.max_time && s.max_time >= o.min_time);
-        if overlaps_buffer || overlaps_segment {
+        max_end_before = max_end_before.max(s.max_time);
+        if overlaps_previous || overlaps_next || overlaps_buffer {
             dirty.push(Arc::clone(s));
         } else {
             clean.push(Arc::clone(s));
         }
     }
     (clean, dirty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(id: u64, min_time: i64, max_time: i64) -> Arc<talo_engine::SegmentMeta> {
+        Arc::new(talo_engine::SegmentMeta {
+            id,
+            db: "d".into(),
+            table: "t".into(),
+            partition: 0,
+            path: String::new(),
+            min_time,
+            max_time,
+            rows: 1,
+            bytes: 1,
+        })
+    }
+
+    #[test]
+    fn only_segments_that_overlap_something_are_deduplicated() {
+        let segs = vec![
+            seg(3, 40, 50),
+            seg(1, 0, 10),
+            seg(2, 10, 15),
+            seg(4, 20, 30),
+            seg(5, 60, 70),
+        ];
+        let ids = |v: &Segments| {
+            let mut i: Vec<u64> = v.iter().map(|s| s.id).collect();
+            i.sort();
+            i
+        };
+        let (clean, dirty) = split_overlapping(&segs, Some((45, 55)));
+        assert_eq!(ids(&clean), vec![4, 5]);
+        assert_eq!(ids(&dirty), vec![1, 2, 3]);
+        let (clean, dirty) = split_overlapping(&segs, None);
+        assert_eq!(ids(&clean), vec![3, 4, 5]);
+        assert_eq!(ids(&dirty), vec![1, 2]);
+        // one long segment spanning later short ones
+        let segs = vec![
+            seg(1, 0, 100),
+            seg(2, 10, 20),
+            seg(3, 30, 40),
+            seg(4, 200, 300),
+        ];
+        let (clean, dirty) = split_overlapping(&segs, None);
+        assert_eq!((ids(&clean), ids(&dirty)), (vec![4], vec![1, 2, 3]));
+    }
 }

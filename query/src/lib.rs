@@ -10,6 +10,7 @@ mod catalog;
 mod error;
 pub mod executor;
 mod metrics;
+mod openapi;
 mod scan;
 mod sql_api;
 mod write;
@@ -97,6 +98,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v2/write", post(write::write_influx_v2))
         .route("/api/v3/write_lp", post(write::write_influx_v3))
         .route("/api/v1/databases", get(databases))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
         .route("/api/v1/tables", get(tables))
         .fallback(not_found)
         .layer(DefaultBodyLimit::disable())

@@ -65,12 +65,18 @@ pub(crate) async fn query_get(
     run(&s, p, &headers).await
 }
 
+/// Longest accepted SQL text (query string or body), in bytes.
+const MAX_SQL_BYTES: usize = 1 << 20;
+
 pub(crate) async fn query_post(
     State(s): State<Arc<AppState>>,
     Query(mut p): Query<QueryParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    let body: Bytes = axum::body::to_bytes(body, MAX_SQL_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge(MAX_SQL_BYTES))?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -98,6 +104,9 @@ async fn run(s: &AppState, p: QueryParams, headers: &HeaderMap) -> Result<Respon
         .or(p.q)
         .filter(|q| !q.trim().is_empty())
         .ok_or_else(|| ApiError::BadRequest("missing SQL: pass sql=... (or q=...)".into()))?;
+    if sql.len() > MAX_SQL_BYTES {
+        return Err(ApiError::TooLarge(MAX_SQL_BYTES));
+    }
     let db = p.db.unwrap_or_else(|| "default".into());
     talo_engine::model::validate_db_name(&db)?;
     who.require(crate::Permission::Read, &db)?;

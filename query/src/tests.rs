@@ -59,6 +59,33 @@ async fn not_ready_until_engine_is_set() {
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     let (s, _) = send(&app, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
+    // the OpenAPI document names every route the router serves
+    let (s, v) = send(
+        &app,
+        Request::get("/api/v1/openapi.json")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["openapi"], "3.0.3");
+    for path in [
+        "/api/v1/query",
+        "/api/v1/write",
+        "/write",
+        "/api/v2/write",
+        "/api/v3/write_lp",
+        "/api/v1/databases",
+        "/api/v1/tables",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
+        assert!(
+            v["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,88 @@
+//! The OpenAPI 3 description of the HTTP API, served at `/api/v1/openapi.json`.
+
+use serde_json::{Value, json};
+
+fn error_responses(codes: &[&str]) -> Value {
+    let mut m = serde_json::Map::new();
+    for c in codes {
+        m.insert(
+            (*c).to_string(),
+            json!({"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}),
+        );
+    }
+    Value::Object(m)
+}
+
+fn write_op(summary: &str, db_param: &str) -> Value {
+    let mut responses = error_responses(&["401", "403", "413", "503"]);
+    responses["204"] = json!({"description": "all rows durable"});
+    responses["400"] = json!({"description": "some lines rejected (the others are stored unless accept_partial=false)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Rejected"}}}});
+    json!({"post": {
+        "summary": summary,
+        "parameters": [
+            {"name": db_param, "in": "query", "schema": {"type": "string"}},
+            {"name": "precision", "in": "query", "schema": {"type": "string", "enum": ["ns", "us", "ms", "s", "n", "u", "m", "h", "nanosecond", "microsecond", "millisecond", "second", "auto"]}},
+            {"name": "accept_partial", "in": "query", "schema": {"type": "boolean", "default": true}},
+            {"name": "p", "in": "query", "description": "token (InfluxDB v1 password)", "schema": {"type": "string"}}
+        ],
+        "requestBody": {"content": {"text/plain": {"schema": {"type": "string", "description": "InfluxDB line protocol; Content-Encoding: gzip accepted"}}}},
+        "responses": responses
+    }})
+}
+
+/// The document.
+pub(crate) fn document() -> Value {
+    let mut query_responses = error_responses(&["400", "401", "403", "413", "429", "504"]);
+    query_responses["200"] = json!({"description": "rows", "content": {
+        "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+        "application/x-ndjson": {"schema": {"type": "string"}},
+        "text/csv": {"schema": {"type": "string"}},
+        "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "format": "binary"}},
+        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}
+    }});
+    let query_params = json!([
+        {"name": "sql", "in": "query", "schema": {"type": "string"}},
+        {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "alias of sql"},
+        {"name": "db", "in": "query", "schema": {"type": "string", "default": "default"}},
+        {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "jsonl", "csv", "arrow", "parquet"], "default": "json"}}
+    ]);
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "talo", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "IoT time-series ingestion and storage: line-protocol writes, SQL queries."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Rejected": {"type": "object", "properties": {
+                    "error": {"type": "string"}, "rows_written": {"type": "integer"}, "rejected_total": {"type": "integer"},
+                    "rejected": {"type": "array", "items": {"type": "object", "properties": {"line": {"type": "integer"}, "reason": {"type": "string"}}}}
+                }}
+            }
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/query": {
+                "get": {"summary": "Run a read-only SQL query", "parameters": query_params, "responses": query_responses},
+                "post": {"summary": "Run a read-only SQL query (JSON body {sql, db, format} or text/plain SQL)", "parameters": query_params,
+                         "requestBody": {"content": {
+                            "application/json": {"schema": {"type": "object", "properties": {"sql": {"type": "string"}, "db": {"type": "string"}, "format": {"type": "string"}}}},
+                            "text/plain": {"schema": {"type": "string"}}}},
+                         "responses": query_responses}
+            },
+            "/api/v1/write": write_op("Write line protocol", "db"),
+            "/write": write_op("InfluxDB v1 write", "db"),
+            "/api/v2/write": write_op("InfluxDB v2 write", "bucket"),
+            "/api/v3/write_lp": write_op("InfluxDB v3 write", "db"),
+            "/api/v1/databases": {"get": {"summary": "Databases the token may read", "responses": {"200": {"description": "databases"}}}},
+            "/api/v1/tables": {"get": {"summary": "Tables of a database with columns, types and roles",
+                "parameters": [{"name": "db", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "tables"}, "403": {"description": "forbidden"}, "404": {"description": "no such database"}}}},
+            "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
+            "/ready": {"get": {"summary": "Readiness (WAL replayed)", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "starting"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}}
+        }
+    })
+}
