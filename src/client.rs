@@ -50,17 +50,6 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn error_text(status: u16, body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -75,14 +64,12 @@ pub(crate) fn query(a: QueryArgs) -> anyhow::Result<()> {
     } else {
         a.format.as_str()
     };
-    let url = format!(
-        "{}/api/v1/query?db={}&format={}&sql={}",
-        a.conn.url.trim_end_matches('/'),
-        encode(&a.conn.db),
-        encode(wire),
-        encode(&a.sql)
-    );
-    let mut req = agent().get(&url);
+    let url = format!("{}/api/v1/query", a.conn.url.trim_end_matches('/'));
+    let mut req = agent()
+        .get(&url)
+        .query("db", &a.conn.db)
+        .query("format", wire)
+        .query("sql", &a.sql);
     if let Some(t) = &a.conn.token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
@@ -118,13 +105,11 @@ pub(crate) fn write(a: WriteArgs) -> anyhow::Result<()> {
     } else {
         body = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file))?;
     }
-    let url = format!(
-        "{}/api/v1/write?db={}&precision={}",
-        a.conn.url.trim_end_matches('/'),
-        encode(&a.conn.db),
-        encode(&a.precision)
-    );
-    let mut req = agent().post(&url);
+    let url = format!("{}/api/v1/write", a.conn.url.trim_end_matches('/'));
+    let mut req = agent()
+        .post(&url)
+        .query("db", &a.conn.db)
+        .query("precision", &a.precision);
     if let Some(t) = &a.conn.token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }

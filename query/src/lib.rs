@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 use talo_engine::Engine;
+use write::Endpoint;
 
 pub use auth::{Auth, Permission, TokenConfig};
 pub use error::ApiError;
@@ -93,10 +94,22 @@ pub fn app(state: Arc<AppState>) -> Router {
             "/api/v1/query",
             get(sql_api::query_get).post(sql_api::query_post),
         )
-        .route("/api/v1/write", post(write::write_v1_native))
-        .route("/write", post(write::write_influx_v1))
-        .route("/api/v2/write", post(write::write_influx_v2))
-        .route("/api/v3/write_lp", post(write::write_influx_v3))
+        .route(
+            "/api/v1/write",
+            post(|s, q, h, b| write::write(Endpoint::Talo, s, q, h, b)),
+        )
+        .route(
+            "/write",
+            post(|s, q, h, b| write::write(Endpoint::DbRequired, s, q, h, b)),
+        )
+        .route(
+            "/api/v2/write",
+            post(|s, q, h, b| write::write(Endpoint::Bucket, s, q, h, b)),
+        )
+        .route(
+            "/api/v3/write_lp",
+            post(|s, q, h, b| write::write(Endpoint::DbRequired, s, q, h, b)),
+        )
         .route("/api/v1/databases", get(databases))
         .route(
             "/api/v1/openapi.json",

@@ -8,24 +8,28 @@ use tower::ServiceExt;
 
 use super::*;
 
-fn setup() -> (tempfile::TempDir, Arc<AppState>, Router) {
+/// A ready server state over a fresh engine in a temp dir.
+fn setup_with(http: HttpConfig, query: QueryConfig) -> (tempfile::TempDir, Arc<AppState>, Router) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::open(talo_engine::EngineConfig {
         data_dir: dir.path().to_path_buf(),
         ..Default::default()
     })
     .unwrap();
-    let state = AppState::new(
+    let state = AppState::new(http, query).unwrap();
+    state.set_engine(engine);
+    let app = app(Arc::clone(&state));
+    (dir, state, app)
+}
+
+fn setup() -> (tempfile::TempDir, Arc<AppState>, Router) {
+    setup_with(
         HttpConfig {
             max_body_bytes: 4096,
             auth: Auth::default(),
         },
         QueryConfig::default(),
     )
-    .unwrap();
-    state.set_engine(engine);
-    let app = app(Arc::clone(&state));
-    (dir, state, app)
 }
 
 async fn send(app: &Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
@@ -412,13 +416,7 @@ async fn hostile_sql_is_refused_and_touches_no_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_timeout_and_concurrency() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(talo_engine::EngineConfig {
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    })
-    .unwrap();
-    let state = AppState::new(
+    let (_dir, state, app) = setup_with(
         HttpConfig::default(),
         QueryConfig {
             memory_limit_bytes: 1 << 20,
@@ -426,10 +424,7 @@ async fn memory_limit_timeout_and_concurrency() {
             max_concurrent: 1,
             threads: 2,
         },
-    )
-    .unwrap();
-    state.set_engine(engine);
-    let app = app(Arc::clone(&state));
+    );
     let (s, v) = sql(
         &app,
         "default",
@@ -474,12 +469,6 @@ async fn memory_limit_timeout_and_concurrency() {
 }
 
 fn with_tokens() -> (tempfile::TempDir, Router) {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(talo_engine::EngineConfig {
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    })
-    .unwrap();
     let tok = |name: &str, secret: &str, dbs: &[&str], perms: &[Permission]| TokenConfig {
         name: name.into(),
         token: Some(secret.into()),
@@ -514,16 +503,14 @@ fn with_tokens() -> (tempfile::TempDir, Router) {
         ),
     ])
     .unwrap();
-    let state = AppState::new(
+    let (dir, _state, app) = setup_with(
         HttpConfig {
             auth,
             ..Default::default()
         },
         QueryConfig::default(),
-    )
-    .unwrap();
-    state.set_engine(engine);
-    (dir, app(state))
+    );
+    (dir, app)
 }
 
 fn authed(method: &str, uri: &str, token: Option<&str>, body: &str) -> Request<Body> {

@@ -38,8 +38,31 @@ struct WriteTarget {
     accept_partial: bool,
 }
 
-fn target(db: Option<&str>, p: &WriteParams) -> Result<WriteTarget, ApiError> {
-    let db = db.unwrap_or("default");
+/// Which write API a request came in through; they differ only in how the database is
+/// named.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Endpoint {
+    /// `/api/v1/write?db=` (optional, `default`).
+    Talo,
+    /// `/write?db=` and `/api/v3/write_lp?db=` (required).
+    DbRequired,
+    /// `/api/v2/write?bucket=` (required; a v1-style `db/retention_policy` maps to `db`).
+    Bucket,
+}
+
+fn target(endpoint: Endpoint, p: &WriteParams) -> Result<WriteTarget, ApiError> {
+    let db = match endpoint {
+        Endpoint::Talo => p.db.as_deref().unwrap_or("default"),
+        Endpoint::DbRequired => {
+            p.db.as_deref()
+                .ok_or_else(|| ApiError::BadRequest("database is required (db=...)".into()))?
+        }
+        Endpoint::Bucket => p
+            .bucket
+            .as_deref()
+            .map(|b| b.split('/').next().unwrap_or(b))
+            .ok_or_else(|| ApiError::BadRequest("bucket is required (bucket=...)".into()))?,
+    };
     let precision = match p.precision.as_deref() {
         None | Some("auto") => Precision::Nanoseconds,
         Some(s) => Precision::parse(s)
@@ -53,55 +76,15 @@ fn target(db: Option<&str>, p: &WriteParams) -> Result<WriteTarget, ApiError> {
     })
 }
 
-pub(crate) async fn write_v1_native(
+/// The handler of every write endpoint.
+pub(crate) async fn write(
+    endpoint: Endpoint,
     State(s): State<Arc<AppState>>,
     Query(p): Query<WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let t = target(p.db.as_deref(), &p)?;
-    handle(&s, t, &headers, body).await
-}
-
-pub(crate) async fn write_influx_v1(
-    State(s): State<Arc<AppState>>,
-    Query(p): Query<WriteParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    if p.db.is_none() {
-        return Err(ApiError::BadRequest("database is required (db=...)".into()));
-    }
-    let t = target(p.db.as_deref(), &p)?;
-    handle(&s, t, &headers, body).await
-}
-
-pub(crate) async fn write_influx_v2(
-    State(s): State<Arc<AppState>>,
-    Query(p): Query<WriteParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    // a v1-style "db/retention_policy" bucket maps to the database
-    let bucket = p
-        .bucket
-        .as_deref()
-        .map(|b| b.split('/').next().unwrap_or(b))
-        .ok_or_else(|| ApiError::BadRequest("bucket is required (bucket=...)".into()))?;
-    let t = target(Some(bucket), &p)?;
-    handle(&s, t, &headers, body).await
-}
-
-pub(crate) async fn write_influx_v3(
-    State(s): State<Arc<AppState>>,
-    Query(p): Query<WriteParams>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    if p.db.is_none() {
-        return Err(ApiError::BadRequest("database is required (db=...)".into()));
-    }
-    let t = target(p.db.as_deref(), &p)?;
+    let t = target(endpoint, &p)?;
     handle(&s, t, &headers, body).await
 }
 
