@@ -22,9 +22,22 @@ pub(crate) struct HttpMetrics {
     pub(crate) queries_failed: AtomicU64,
     pub(crate) queries_refused: AtomicU64,
     pub(crate) query_latency: Histogram,
+    /// Per database: (rows written, lines rejected) through the HTTP write endpoints.
+    per_db: std::sync::Mutex<std::collections::BTreeMap<String, (u64, u64)>>,
 }
 
 impl HttpMetrics {
+    /// Count a write request's outcome for its database.
+    pub(crate) fn record_write(&self, db: &str, written: usize, rejected: usize) {
+        self.write_lines_rejected
+            .fetch_add(rejected as u64, Ordering::Relaxed);
+        if let Ok(mut m) = self.per_db.lock() {
+            let e = m.entry(db.to_string()).or_default();
+            e.0 += written as u64;
+            e.1 += rejected as u64;
+        }
+    }
+
     pub(crate) fn observe_query<T>(
         &self,
         r: &Result<T, crate::executor::QueryError>,
@@ -84,6 +97,23 @@ pub(crate) async fn metrics(
         "Lines rejected by the parser or the engine.",
         h.write_lines_rejected.load(Ordering::Relaxed),
     );
+    if let Ok(m) = h.per_db.lock() {
+        // database names are [A-Za-z0-9_-]: safe as label values
+        let _ = writeln!(
+            out,
+            "# HELP talo_db_rows_written_total Rows written over HTTP, per database.\n# TYPE talo_db_rows_written_total counter"
+        );
+        for (db, (w, _)) in m.iter() {
+            let _ = writeln!(out, "talo_db_rows_written_total{{db=\"{db}\"}} {w}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP talo_db_lines_rejected_total Lines rejected over HTTP, per database.\n# TYPE talo_db_lines_rejected_total counter"
+        );
+        for (db, (_, r)) in m.iter() {
+            let _ = writeln!(out, "talo_db_lines_rejected_total{{db=\"{db}\"}} {r}");
+        }
+    }
     histogram(
         &mut out,
         "talo_http_write_seconds",

@@ -140,6 +140,27 @@ async fn writes_partial_writes_and_catalog() {
     assert_eq!(v["rows_written"], 0);
     let snap = state.engine().unwrap().snapshot();
     assert_eq!(snap.buffered_rows(), 4);
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(
+        text.contains("talo_db_rows_written_total{db=\"house\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("talo_db_lines_rejected_total{db=\"house\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("talo_rows_written_total 4"), "{text}");
 
     let (s, v) = send(
         &app,

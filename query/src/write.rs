@@ -154,7 +154,7 @@ async fn handle(
         (builder, errors)
     };
     if !errors.is_empty() && !t.accept_partial {
-        record_rejects(s, errors.len());
+        s.http_metrics.record_write(&t.db, 0, errors.len());
         return Ok(rejected_response(
             &errors,
             0,
@@ -167,22 +167,17 @@ async fn handle(
         reason: r.reason,
     }));
     s.http_metrics.write_latency.observe(started.elapsed());
+    s.http_metrics
+        .record_write(&t.db, outcome.rows_written, errors.len());
     if errors.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     errors.sort_by_key(|e| e.line);
-    record_rejects(s, errors.len());
     Ok(rejected_response(
         &errors,
         outcome.rows_written,
         "the other lines were stored",
     ))
-}
-
-fn record_rejects(s: &AppState, n: usize) {
-    s.http_metrics
-        .write_lines_rejected
-        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn rejected_response(errors: &[LineError], written: usize, what: &str) -> Response {
