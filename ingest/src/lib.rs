@@ -7,6 +7,7 @@
 
 pub mod decode;
 pub mod line_protocol;
+pub mod routes;
 mod senml;
 
 pub use line_protocol::{LineError, LpValue, ParsedLine, Precision, parse_lines, write_lines};
