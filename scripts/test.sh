@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on Debian/Ubuntu:
-# installs what the tests need (curl, Python with pyarrow + duckdb in .venv),
+# installs what the tests need (curl, Mosquitto and its clients, Python with pyarrow,
+# duckdb and openapi-spec-validator in .venv),
 # then checks formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
@@ -21,6 +24,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyarrow, duckdb, o
   .venv/bin/pip install -q --disable-pip-version-check -r tests/py/requirements.txt
 fi
 export TALO_TEST_PYTHON="$PWD/.venv/bin/python"
+export PATH="$PATH:/usr/sbin"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

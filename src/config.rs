@@ -82,6 +82,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_MAX_BODY_MB", default_value_t = 64)]
     pub(crate) max_body_mb: usize,
 
+    /// External MQTT broker to subscribe to, e.g. `mqtt://user:pass@host:1883`.
+    #[arg(long, env = "TALO_MQTT_URL")]
+    pub(crate) mqtt_url: Option<String>,
+
+    /// Client id of talo's persistent MQTT session (keep it fixed across restarts).
+    #[arg(long, env = "TALO_MQTT_CLIENT_ID", default_value = "talo")]
+    pub(crate) mqtt_client_id: String,
+
     /// Memory one query may use (MiB) for sorts, joins and aggregations.
     #[arg(long, env = "TALO_QUERY_MEMORY_MB", default_value_t = 512)]
     pub(crate) query_memory_mb: usize,
@@ -184,6 +192,16 @@ pub(crate) fn apply_config_file_to_env() -> anyhow::Result<()> {
 pub(crate) struct FileSections {
     #[serde(default)]
     pub(crate) tokens: Vec<talo_query::TokenConfig>,
+    #[serde(default)]
+    pub(crate) mqtt: MqttSection,
+}
+
+/// `[mqtt]` of the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MqttSection {
+    #[serde(default)]
+    pub(crate) routes: Vec<talo_ingest::routes::RouteConfig>,
 }
 
 /// Read the non-flag sections (`[[tokens]]`, ...) of the config file, if there is one.
@@ -197,7 +215,7 @@ pub(crate) fn load_sections(path: Option<&std::path::Path>) -> anyhow::Result<Fi
 }
 
 /// Section names allowed at the top level of the config file besides flag keys.
-const SECTIONS: &[&str] = &["tokens"];
+const SECTIONS: &[&str] = &["tokens", "mqtt"];
 
 const KNOWN_KEYS: &[&str] = &[
     "TALO_DATA_DIR",
@@ -214,4 +232,6 @@ const KNOWN_KEYS: &[&str] = &[
     "TALO_QUERY_TIMEOUT",
     "TALO_QUERY_CONCURRENCY",
     "TALO_QUERY_THREADS",
+    "TALO_MQTT_URL",
+    "TALO_MQTT_CLIENT_ID",
 ];

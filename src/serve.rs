@@ -23,6 +23,20 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> anyhow::Result<()> {
     let sections = crate::config::load_sections(args.config.as_deref())?;
+    let routes = talo_ingest::routes::build_routes(&sections.mqtt.routes)
+        .map_err(|e| anyhow::anyhow!("invalid [[mqtt.routes]]: {e}"))?;
+    let mqtt = args
+        .mqtt_url
+        .as_ref()
+        .map(|url| talo_ingest::mqtt::MqttConfig {
+            url: url.clone(),
+            client_id: args.mqtt_client_id.clone(),
+            routes,
+            max_batch: 2000,
+        });
+    if let Some(m) = &mqtt {
+        talo_ingest::mqtt::validate(m).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     let auth = talo_query::Auth::new(&sections.tokens)
         .map_err(|e| anyhow::anyhow!("invalid [[tokens]] in the config file: {e}"))?;
     if auth.enabled() {
@@ -79,7 +93,26 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
     );
     state.set_engine(Arc::clone(&engine));
 
+    let mqtt_cancel = CancellationToken::new();
+    let mqtt_task = mqtt.map(|m| {
+        tracing::info!(filters = m.routes.len(), "subscribing to the MQTT broker");
+        let metrics = Arc::new(talo_ingest::mqtt::MqttMetrics::default());
+        tokio::spawn(talo_ingest::mqtt::run(
+            m,
+            Arc::clone(&engine),
+            metrics,
+            mqtt_cancel.clone(),
+        ))
+    });
+
     cancel.cancelled().await;
+    // stop taking messages first: what is not acknowledged stays with the broker
+    mqtt_cancel.cancel();
+    if let Some(t) = mqtt_task
+        && let Ok(Ok(Err(e))) = tokio::time::timeout(args.shutdown_timeout, t).await
+    {
+        tracing::error!(error = %e, "MQTT subscriber stopped with an error");
+    }
     // stop accepting, finish in-flight requests
     let drained = tokio::time::timeout(args.shutdown_timeout, server).await;
     if drained.is_err() {

@@ -8,17 +8,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[test]
 fn every_format_decodes_in_foreign_readers() {
     let dir = tempfile::tempdir().unwrap();

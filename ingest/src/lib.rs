@@ -7,6 +7,7 @@
 
 pub mod decode;
 pub mod line_protocol;
+pub mod mqtt;
 pub mod routes;
 mod senml;
 
