@@ -47,6 +47,18 @@ pub enum OwnedValue {
     String(String),
 }
 
+impl From<LpValue<'_>> for OwnedValue {
+    fn from(v: LpValue<'_>) -> Self {
+        match v {
+            LpValue::F64(x) => OwnedValue::F64(x),
+            LpValue::I64(x) => OwnedValue::I64(x),
+            LpValue::U64(x) => OwnedValue::U64(x),
+            LpValue::Bool(x) => OwnedValue::Bool(x),
+            LpValue::String(s) => OwnedValue::String(Cow::into_owned(s)),
+        }
+    }
+}
+
 impl OwnedValue {
     fn as_field(&self) -> FieldValue<'_> {
         match self {
@@ -151,19 +163,22 @@ pub fn push_rows(
     (ok, errors)
 }
 
-/// Integer epoch → ns, guessing the unit by magnitude (s, ms, us, ns). Exact.
-pub fn epoch_int_to_nanos(x: i64) -> Option<i64> {
-    let a = x.unsigned_abs();
-    let mul = if a < 100_000_000_000 {
+/// Nanoseconds per unit of an epoch number of this magnitude (s, ms, us or ns).
+fn epoch_unit(magnitude: f64) -> i64 {
+    if magnitude < 1e11 {
         1_000_000_000
-    } else if a < 100_000_000_000_000 {
+    } else if magnitude < 1e14 {
         1_000_000
-    } else if a < 100_000_000_000_000_000 {
+    } else if magnitude < 1e17 {
         1_000
     } else {
         1
-    };
-    x.checked_mul(mul)
+    }
+}
+
+/// Integer epoch → ns, guessing the unit by magnitude (s, ms, us, ns). Exact.
+pub fn epoch_int_to_nanos(x: i64) -> Option<i64> {
+    x.checked_mul(epoch_unit(x.unsigned_abs() as f64))
 }
 
 /// Fractional epoch → ns, guessing the unit by magnitude; sub-microsecond digits of a
@@ -172,19 +187,12 @@ pub fn epoch_to_nanos(x: f64) -> Option<i64> {
     if !x.is_finite() || x.abs() >= 9.2e18 {
         return None;
     }
+    let unit = epoch_unit(x.abs());
     let whole = x.trunc();
-    let base = epoch_int_to_nanos(whole as i64)?;
-    let unit = base.checked_div(whole as i64).unwrap_or(if x.abs() < 1e11 {
-        1_000_000_000
-    } else if x.abs() < 1e14 {
-        1_000_000
-    } else if x.abs() < 1e17 {
-        1_000
-    } else {
-        1
-    });
     let frac_us = ((x - whole) * unit as f64 / 1_000.0).round() as i64;
-    base.checked_add(frac_us * 1_000)
+    (whole as i64)
+        .checked_mul(unit)?
+        .checked_add(frac_us * 1_000)
 }
 
 /// RFC 3339 text → ns.
@@ -323,16 +331,7 @@ pub fn decode_line(payload: &[u8]) -> Result<Vec<DecodedRow>, String> {
             fields: p
                 .fields
                 .into_iter()
-                .map(|(k, v)| {
-                    let v = match v {
-                        LpValue::F64(x) => OwnedValue::F64(x),
-                        LpValue::I64(x) => OwnedValue::I64(x),
-                        LpValue::U64(x) => OwnedValue::U64(x),
-                        LpValue::Bool(x) => OwnedValue::Bool(x),
-                        LpValue::String(s) => OwnedValue::String(Cow::into_owned(s)),
-                    };
-                    (k.into_owned(), v)
-                })
+                .map(|(k, v)| (k.into_owned(), OwnedValue::from(v)))
                 .collect(),
             time: p
                 .timestamp
