@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on Debian/Ubuntu:
 # installs what the tests need (curl, Mosquitto and its clients, Python with pyarrow,
-# duckdb and openapi-spec-validator in .venv),
+# duckdb, openapi-spec-validator and paho-mqtt in .venv),
 # then checks formatting and lints and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyarrow, duckdb, openapi_spec_validator' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyarrow, duckdb, openapi_spec_validator, paho.mqtt.client' 2>/dev/null; then
   echo "== creating .venv with the Python test readers"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/py/requirements.txt

@@ -82,6 +82,19 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_MAX_BODY_MB", default_value_t = 64)]
     pub(crate) max_body_mb: usize,
 
+    /// Embedded MQTT endpoint for devices; `off` disables it, port 0 picks a free port.
+    #[arg(long, env = "TALO_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
+    pub(crate) mqtt_listen: String,
+
+    /// Largest MQTT packet (KiB) the embedded endpoint reads into memory; larger
+    /// publishes are discarded as they stream in, acknowledged and recorded in `_rejected`.
+    #[arg(long, env = "TALO_MQTT_MAX_PACKET_KB", default_value_t = 1024)]
+    pub(crate) mqtt_max_packet_kb: usize,
+
+    /// Concurrent connections on the embedded MQTT endpoint; more are refused.
+    #[arg(long, env = "TALO_MQTT_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub(crate) mqtt_max_connections: usize,
+
     /// External MQTT broker to subscribe to, e.g. `mqtt://user:pass@host:1883`.
     #[arg(long, env = "TALO_MQTT_URL")]
     pub(crate) mqtt_url: Option<String>,
@@ -234,4 +247,7 @@ const KNOWN_KEYS: &[&str] = &[
     "TALO_QUERY_THREADS",
     "TALO_MQTT_URL",
     "TALO_MQTT_CLIENT_ID",
+    "TALO_MQTT_LISTEN",
+    "TALO_MQTT_MAX_PACKET_KB",
+    "TALO_MQTT_MAX_CONNECTIONS",
 ];

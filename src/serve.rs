@@ -9,6 +9,22 @@ use talo_query::{AppState, HttpConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeArgs;
+use talo_ingest::metrics::{MqttMetrics, Source};
+
+/// MQTT logins checked against the HTTP tokens: the password is the token, its write
+/// permission decides which databases the device may publish to.
+struct TokenLogin(talo_query::Auth);
+
+impl talo_ingest::listener::Authenticator for TokenLogin {
+    fn login(&self, _username: &str, password: &str) -> Option<talo_ingest::listener::Grant> {
+        let p = self.0.principal_for_secret(password)?;
+        let (all_databases, databases) = p.writable()?;
+        Some(talo_ingest::listener::Grant {
+            all_databases,
+            databases,
+        })
+    }
+}
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let engine_config = args.engine_config();
@@ -25,13 +41,14 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
     let sections = crate::config::load_sections(args.config.as_deref())?;
     let routes = talo_ingest::routes::build_routes(&sections.mqtt.routes)
         .map_err(|e| anyhow::anyhow!("invalid [[mqtt.routes]]: {e}"))?;
+    let routes = Arc::new(routes);
     let mqtt = args
         .mqtt_url
         .as_ref()
         .map(|url| talo_ingest::mqtt::MqttConfig {
             url: url.clone(),
             client_id: args.mqtt_client_id.clone(),
-            routes,
+            routes: routes.as_ref().clone(),
             max_batch: 2000,
         });
     if let Some(m) = &mqtt {
@@ -60,8 +77,27 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
         .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP listening");
-    // machine-readable line for scripts and tests that start talo on port 0
+    // the embedded MQTT endpoint is bound now (a taken port fails the start) and
+    // accepts once the engine is open
+    let mqtt_listener = match args.mqtt_listen.trim() {
+        "off" | "" => None,
+        a => {
+            if args.mqtt_max_packet_kb == 0 || args.mqtt_max_connections == 0 {
+                anyhow::bail!("--mqtt-max-packet-kb and --mqtt-max-connections must be positive");
+            }
+            let l = tokio::net::TcpListener::bind(a).await.with_context(|| {
+                format!("binding the MQTT address {a} (--mqtt-listen; `off` disables it)")
+            })?;
+            Some(l)
+        }
+    };
+    // machine-readable lines for scripts and tests that start talo on port 0
     println!("talo listening http={addr}");
+    if let Some(l) = &mqtt_listener {
+        let a = l.local_addr()?;
+        tracing::info!(addr = %a, "MQTT listening");
+        println!("talo listening mqtt={a}");
+    }
 
     let cancel = CancellationToken::new();
     let server_cancel = cancel.clone();
@@ -96,7 +132,9 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
     let mqtt_cancel = CancellationToken::new();
     let mqtt_task = mqtt.map(|m| {
         tracing::info!(filters = m.routes.len(), "subscribing to the MQTT broker");
-        let metrics = Arc::new(talo_ingest::mqtt::MqttMetrics::default());
+        let metrics = Arc::new(MqttMetrics::new(Source::Broker, &routes));
+        let shown = Arc::clone(&metrics);
+        state.add_metrics(Arc::new(move |out: &mut String| shown.render(out)));
         tokio::spawn(talo_ingest::mqtt::run(
             m,
             Arc::clone(&engine),
@@ -104,10 +142,46 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
             mqtt_cancel.clone(),
         ))
     });
+    let listener_task = mqtt_listener.map(|l| {
+        let metrics = Arc::new(MqttMetrics::new(Source::Listener, &routes));
+        let shown = Arc::clone(&metrics);
+        state.add_metrics(Arc::new(move |out: &mut String| shown.render(out)));
+        let ing = talo_ingest::pipeline::Ingestor {
+            engine: Arc::clone(&engine),
+            routes: Arc::clone(&routes),
+            metrics,
+        };
+        let auth: Option<Arc<dyn talo_ingest::listener::Authenticator>> = if state.auth().enabled()
+        {
+            Some(Arc::new(TokenLogin(state.auth().clone())))
+        } else {
+            None
+        };
+        let cfg = talo_ingest::listener::ListenerConfig {
+            max_packet_bytes: args.mqtt_max_packet_kb << 10,
+            max_connections: args.mqtt_max_connections,
+            ..Default::default()
+        };
+        tokio::spawn(talo_ingest::listener::serve(
+            l,
+            ing,
+            cfg,
+            auth,
+            mqtt_cancel.clone(),
+        ))
+    });
 
     cancel.cancelled().await;
-    // stop taking messages first: what is not acknowledged stays with the broker
+    // stop taking messages first: what is not acknowledged stays with the broker (or
+    // the device), what is committed gets its acknowledgement
     mqtt_cancel.cancel();
+    if let Some(t) = listener_task
+        && tokio::time::timeout(args.shutdown_timeout, t)
+            .await
+            .is_err()
+    {
+        tracing::warn!("MQTT connections did not finish in time");
+    }
     if let Some(t) = mqtt_task
         && let Ok(Ok(Err(e))) = tokio::time::timeout(args.shutdown_timeout, t).await
     {

@@ -153,3 +153,23 @@ fn tokens_from_config_file_and_cli_clients() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--data-dir data` (relative, no `./`) works: the parent of the directory is the
+/// working directory, which must be fsynced like any other.
+#[test]
+fn relative_data_dir() {
+    let cwd = tempfile::tempdir().unwrap();
+    let talo = Talo::start_in(Some(cwd.path()), std::path::Path::new("data"), &[]);
+    talo.wait_ready(std::time::Duration::from_secs(60));
+    let (status, body) = post(&talo.url("/api/v1/write?db=rel"), b"m v=1 1\n").unwrap();
+    assert_eq!(status, 204, "{body}");
+    assert!(cwd.path().join("data").is_dir());
+    let (status, body) = get(&format!(
+        "{}?db=rel&sql={}",
+        talo.url("/api/v1/query"),
+        url_encode("SELECT v FROM m")
+    ))
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"v\":1"), "{body}");
+}

@@ -377,10 +377,13 @@ impl BatchBuilder {
     }
 }
 
+/// Every type-conflict reason contains this (callers classify rejections by it).
+pub const TYPE_CONFLICT: &str = "type conflict";
+
 /// The message for a column written with another type than it has.
 pub fn conflict_reason(table: &str, column: &str, have: ColumnType, got: ColumnType) -> String {
     format!(
-        "table {table}, column {column:?}: type conflict, column is {} but the write has {}",
+        "table {table}, column {column:?}: {TYPE_CONFLICT}, column is {} but the write has {}",
         have.name(),
         got.name()
     )

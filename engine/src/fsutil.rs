@@ -34,6 +34,7 @@ pub fn publish_file(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn rename_durably(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).at(to)?;
     match to.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
         Some(parent) => sync_dir(parent),
         None => Ok(()),
     }
@@ -48,7 +49,8 @@ pub fn tmp_path(path: &Path) -> std::path::PathBuf {
 
 /// Create a directory and its parents, fsyncing each directory that gained an entry.
 pub fn create_dir_all_durably(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
+    // "" is the parent of a relative path like "data": the current directory
+    if dir.as_os_str().is_empty() || dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
@@ -60,7 +62,8 @@ pub fn create_dir_all_durably(dir: &Path) -> Result<()> {
         Err(e) => return Err(e).at(dir),
     }
     match dir.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
-        _ => Ok(()),
+        Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new(".")),
+        Some(parent) => sync_dir(parent),
+        None => Ok(()),
     }
 }

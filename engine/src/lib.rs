@@ -143,6 +143,16 @@ impl Engine {
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
+    /// Hand a batch to the writer now and wait for durability later: callers that
+    /// pipeline (the MQTT endpoint keeps reading while earlier messages commit) submit
+    /// in order and await the [`PendingWrite`]s in the same order.
+    pub fn submit(&self, batch: WriteBatch) -> Result<PendingWrite> {
+        if batch.tables.is_empty() {
+            return Ok(PendingWrite(None));
+        }
+        Ok(PendingWrite(Some(self.request(batch)?)))
+    }
+
     /// [`Engine::write`] for threads outside an async runtime.
     pub fn write_blocking(&self, batch: WriteBatch) -> Result<WriteOutcome> {
         if batch.tables.is_empty() {
@@ -213,5 +223,20 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.halt.store(true, Ordering::Release);
+    }
+}
+
+/// A write handed to the writer thread; [`PendingWrite::wait`] completes once its rows
+/// are durable (or rejected).
+#[derive(Debug)]
+pub struct PendingWrite(Option<oneshot::Receiver<Result<WriteOutcome>>>);
+
+impl PendingWrite {
+    /// Wait until the rows are durable.
+    pub async fn wait(self) -> Result<WriteOutcome> {
+        match self.0 {
+            None => Ok(WriteOutcome::default()),
+            Some(rx) => rx.await.unwrap_or(Err(Error::ShuttingDown)),
+        }
     }
 }

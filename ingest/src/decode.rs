@@ -13,6 +13,9 @@ use crate::line_protocol::{LpValue, Precision, parse_lines};
 /// Largest payload a decoder accepts.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
+/// Start of every reason about a time that cannot be used (see [`classify`]).
+pub const BAD_TIME: &str = "bad time";
+
 /// The payload formats a route can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -89,6 +92,35 @@ pub struct MessageContext<'a> {
     pub tags: &'a [(String, String)],
     /// Arrival time (ns), used when the payload has no time.
     pub arrival_ns: i64,
+}
+
+/// [`decode`] for MQTT messages: the reason of a refusal comes with its kind, for the
+/// per-reason counters and `_rejected`.
+pub fn decode_message(
+    format: Format,
+    payload: &[u8],
+) -> Result<Vec<DecodedRow>, (crate::metrics::Reason, String)> {
+    use crate::metrics::Reason;
+    if payload.len() > MAX_PAYLOAD {
+        return Err((
+            Reason::Oversized,
+            format!(
+                "payload of {} bytes is larger than {MAX_PAYLOAD}",
+                payload.len()
+            ),
+        ));
+    }
+    if let Err(e) = std::str::from_utf8(payload) {
+        return Err((Reason::Utf8, format!("payload is not UTF-8 text: {e}")));
+    }
+    decode(format, payload).map_err(|msg| {
+        let kind = if msg.contains(BAD_TIME) {
+            Reason::TimeRange
+        } else {
+            Reason::Decode
+        };
+        (kind, msg)
+    })
 }
 
 /// Decode a payload into rows; an `Err` rejects the whole payload with a reason.
@@ -209,12 +241,14 @@ fn json_time(v: &Value) -> Result<i64, String> {
         Value::Number(n) => n
             .as_i64()
             .map_or_else(|| n.as_f64().and_then(epoch_to_nanos), epoch_int_to_nanos)
-            .ok_or_else(|| format!("time {n} is out of range")),
+            .ok_or_else(|| format!("{BAD_TIME}: {n} is out of range")),
         Value::String(s) => rfc3339_to_nanos(s)
             .or_else(|| s.parse::<i64>().ok().and_then(epoch_int_to_nanos))
             .or_else(|| s.parse::<f64>().ok().and_then(epoch_to_nanos))
-            .ok_or_else(|| format!("time {s:?} is neither RFC 3339 nor an epoch number")),
-        other => Err(format!("time must be a string or number, not {other}")),
+            .ok_or_else(|| format!("{BAD_TIME}: {s:?} is neither RFC 3339 nor an epoch number")),
+        other => Err(format!(
+            "{BAD_TIME}: must be a string or number, not {other}"
+        )),
     }
 }
 

@@ -7,7 +7,10 @@
 
 pub mod decode;
 pub mod line_protocol;
+pub mod listener;
+pub mod metrics;
 pub mod mqtt;
+pub mod pipeline;
 pub mod routes;
 mod senml;
 

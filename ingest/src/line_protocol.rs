@@ -127,7 +127,8 @@ pub fn write_lines(
                     errors.push(LineError {
                         line: line_no,
                         reason: format!(
-                            "timestamp {t} is out of range for precision {precision:?}"
+                            "{}: timestamp {t} is out of range for precision {precision:?}",
+                            crate::decode::BAD_TIME
                         ),
                     });
                     continue;

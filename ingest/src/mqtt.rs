@@ -9,23 +9,18 @@
 //! its database. While the engine cannot write, nothing is acknowledged and the broker
 //! keeps the backlog.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
-use talo_engine::{BatchBuilder, Engine, FieldValue};
+use talo_engine::Engine;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::decode::{MessageContext, decode, push_rows};
-use crate::routes::{Route, route_for};
-
-/// Table that holds undecodable messages.
-pub const REJECTED_TABLE: &str = "_rejected";
-/// Bytes of a rejected payload kept in `_rejected`.
-const PAYLOAD_PREFIX: usize = 256;
+use crate::metrics::MqttMetrics;
+use crate::pipeline::{Ingestor, Pending, arrival_ns};
+use crate::routes::Route;
 
 /// Where and how to subscribe.
 #[derive(Debug, Clone)]
@@ -37,15 +32,6 @@ pub struct MqttConfig {
     pub routes: Vec<Route>,
     /// Messages decoded and committed together. Default 2000.
     pub max_batch: usize,
-}
-
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct MqttMetrics {
-    pub messages: AtomicU64,
-    pub rows: AtomicU64,
-    pub rejected: AtomicU64,
-    pub connections: AtomicU64,
 }
 
 struct Broker {
@@ -113,25 +99,47 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let (tx, rx) = mpsc::channel::<(Publish, i64)>(cfg.max_batch * 2);
     let routes = Arc::new(cfg.routes.clone());
+    let ing = Ingestor {
+        engine,
+        routes: Arc::clone(&routes),
+        metrics: Arc::clone(&metrics),
+    };
     let batcher = tokio::spawn(batcher(
         rx,
         client.clone(),
-        Arc::clone(&engine),
-        Arc::clone(&routes),
+        ing,
         cfg.max_batch,
-        Arc::clone(&metrics),
         cancel.clone(),
     ));
     let mut backoff = Duration::from_millis(100);
+    // The event loop must be polled all the time: it sends our acks (the batcher's
+    // `client.ack` waits for room in its request queue) and keepalive pings. So received
+    // messages wait here, not in a blocked send: QoS 1/2 messages are bounded by the
+    // broker's in-flight window (it sends no more until we ack), QoS 0 ones beyond
+    // `max_backlog` are dropped (at most once) and counted.
+    let mut backlog: std::collections::VecDeque<(Publish, i64)> = Default::default();
+    let max_backlog = cfg.max_batch * 8;
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
+            permit = tx.reserve(), if !backlog.is_empty() => {
+                match permit {
+                    Ok(permit) => {
+                        if let Some(m) = backlog.pop_front() {
+                            permit.send(m);
+                        }
+                        continue;
+                    }
+                    Err(_) => break,
+                }
+            }
             ev = eventloop.poll() => ev,
         };
         match ev {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                 backoff = Duration::from_millis(100);
-                metrics.connections.fetch_add(1, Ordering::Relaxed);
+                metrics.connects.fetch_add(1, Ordering::Relaxed);
+                metrics.connections.store(1, Ordering::Relaxed);
                 tracing::info!(session_present = ack.session_present, host = %broker.host, "connected to the MQTT broker");
                 if !ack.session_present {
                     for r in routes.iter() {
@@ -147,16 +155,15 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Incoming::Publish(p))) => {
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or(0);
-                if tx.send((p, now)).await.is_err() {
-                    break;
+                if p.qos == QoS::AtMostOnce && backlog.len() >= max_backlog {
+                    metrics.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
+                backlog.push_back((p, arrival_ns()));
             }
             Ok(_) => {}
             Err(e) => {
+                metrics.connections.store(0, Ordering::Relaxed);
                 tracing::warn!(error = %e, "MQTT connection lost; reconnecting in {backoff:?}");
                 let jitter = Duration::from_millis(
                     u64::from(
@@ -182,10 +189,8 @@ pub async fn run(
 async fn batcher(
     mut rx: mpsc::Receiver<(Publish, i64)>,
     client: AsyncClient,
-    engine: Arc<Engine>,
-    routes: Arc<Vec<Route>>,
+    ing: Ingestor,
     max_batch: usize,
-    metrics: Arc<MqttMetrics>,
     cancel: CancellationToken,
 ) {
     while let Some(first) = rx.recv().await {
@@ -196,36 +201,14 @@ async fn batcher(
                 Err(_) => break,
             }
         }
-        metrics
-            .messages
-            .fetch_add(msgs.len() as u64, Ordering::Relaxed);
         // write until durable; nothing is acknowledged before
         let mut backoff = Duration::from_millis(100);
         loop {
-            match commit(&msgs, &engine, &routes, &metrics) {
-                Ok(builders) => {
-                    let mut ok = true;
-                    for b in builders {
-                        match b.finish() {
-                            Ok(batch) => {
-                                if let Err(e) = engine.write(batch).await {
-                                    tracing::error!(error = %e, "MQTT batch not stored; will retry, not acknowledged");
-                                    ok = false;
-                                    break;
-                                }
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "MQTT batch could not be built");
-                                ok = false;
-                                break;
-                            }
-                        }
-                    }
-                    if ok {
-                        break;
-                    }
+            match commit(&msgs, &ing).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "MQTT batch not stored; will retry, not acknowledged")
                 }
-                Err(e) => tracing::error!(error = %e, "MQTT batch could not be decoded"),
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -233,61 +216,31 @@ async fn batcher(
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
-        for (p, _) in &msgs {
-            if p.qos != QoS::AtMostOnce
-                && let Err(e) = client.ack(p).await
-            {
-                tracing::warn!(error = %e, "MQTT ack not sent; the broker will redeliver");
+        for (p, received) in &msgs {
+            if p.qos != QoS::AtMostOnce {
+                match client.ack(p).await {
+                    Ok(()) => {
+                        ing.metrics.acks.fetch_add(1, Ordering::Relaxed);
+                        ing.metrics
+                            .ack_latency
+                            .observe(Duration::from_nanos((arrival_ns() - received).max(0) as u64));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "MQTT ack not sent; the broker will redeliver")
+                    }
+                }
             }
         }
     }
 }
 
-/// Decode a batch of messages into one builder per database.
-fn commit(
-    msgs: &[(Publish, i64)],
-    engine: &Engine,
-    routes: &[Route],
-    metrics: &MqttMetrics,
-) -> Result<Vec<BatchBuilder>, talo_engine::Error> {
-    let mut builders: HashMap<String, BatchBuilder> = HashMap::new();
-    for (i, (p, arrival)) in msgs.iter().enumerate() {
-        let Some((route, res)) = route_for(routes, &p.topic) else {
-            continue; // not ours: subscribed by an overlapping filter of another route
-        };
-        if !builders.contains_key(&res.db) {
-            builders.insert(res.db.clone(), engine.batch_builder(&res.db)?);
-        }
-        let Some(b) = builders.get_mut(&res.db) else {
-            continue;
-        };
-        let ctx = MessageContext {
-            table: &res.table,
-            tags: &res.tags,
-            arrival_ns: *arrival,
-        };
-        let (stored, reasons) = match decode(route.format, &p.payload) {
-            Ok(rows) => push_rows(&rows, &ctx, b, i as u32),
-            Err(reason) => (0, vec![reason]),
-        };
-        metrics.rows.fetch_add(stored as u64, Ordering::Relaxed);
-        for reason in reasons {
-            metrics.rejected.fetch_add(1, Ordering::Relaxed);
-            let prefix = String::from_utf8_lossy(&p.payload[..p.payload.len().min(PAYLOAD_PREFIX)])
-                .into_owned();
-            let _ = b.push_row(
-                REJECTED_TABLE,
-                &[("topic", p.topic.as_str())],
-                &[
-                    ("reason", FieldValue::String(&reason)),
-                    ("payload", FieldValue::String(&prefix)),
-                ],
-                *arrival,
-                i as u32,
-            );
-        }
+/// Decode a batch of messages and wait until their rows are durable.
+async fn commit(msgs: &[(Publish, i64)], ing: &Ingestor) -> Result<(), talo_engine::Error> {
+    let mut pending = Pending::default();
+    for (p, arrival) in msgs {
+        pending.add(ing, &p.topic, p.payload.clone(), *arrival, &|_| true)?;
     }
-    Ok(builders.into_values().collect())
+    pending.submit(ing)?.wait(ing).await
 }
 
 #[cfg(test)]

@@ -31,6 +31,9 @@ pub struct RouteConfig {
     pub table: Option<String>,
     #[serde(default = "default_qos")]
     pub qos: u8,
+    /// Keep the whole topic as tag `topic` (what the default route does).
+    #[serde(default)]
+    pub topic_tag: bool,
 }
 
 fn default_format() -> String {
@@ -189,7 +192,7 @@ impl Route {
             db,
             table: c.table.clone(),
             qos: c.qos,
-            topic_tag: false,
+            topic_tag: c.topic_tag,
         })
     }
 
@@ -338,6 +341,14 @@ pub fn route_for<'a>(routes: &'a [Route], topic: &str) -> Option<(&'a Route, Res
         .find_map(|r| r.resolve(topic).map(|res| (r, res)))
 }
 
+/// [`route_for`] with the index of the route.
+pub fn route_index(routes: &[Route], topic: &str) -> Option<(usize, Resolved)> {
+    routes
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.resolve(topic).map(|res| (i, res)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,6 +361,7 @@ mod tests {
             db: Some("house".into()),
             table: None,
             qos: 1,
+            topic_tag: false,
         }
     }
 

@@ -85,7 +85,7 @@ pub(crate) fn decode_senml_at(payload: &[u8], now_s: f64) -> Result<Vec<DecodedR
             t += now_s;
         }
         let time = crate::decode::epoch_to_nanos(t)
-            .ok_or_else(|| format!("record {i}: time out of range"))?;
+            .ok_or_else(|| format!("record {i}: {}: out of range", crate::decode::BAD_TIME))?;
         let mut values = Vec::new();
         if let Some(v) = num(o, "v", i)? {
             values.push((field.to_string(), OwnedValue::F64(bv + v)));

@@ -89,6 +89,18 @@ impl Principal {
         perm && (self.all_databases || self.databases.contains(db))
     }
 
+    /// The databases this principal may write: `None` without write permission, else
+    /// (all databases, the named ones).
+    pub fn writable(&self) -> Option<(bool, Vec<String>)> {
+        self.write
+            .then(|| (self.all_databases, self.databases.iter().cloned().collect()))
+    }
+
+    /// The token's name (`None` when auth is off).
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
     /// Fail with 403 unless allowed.
     pub fn require(&self, p: Permission, db: &str) -> Result<(), ApiError> {
         if self.can(p, db) {
@@ -213,6 +225,13 @@ impl Auth {
                 "missing token (Authorization: Bearer <token>)".into(),
             ));
         };
+        self.principal_for_secret(given)
+            .ok_or_else(|| ApiError::Unauthorized("invalid token".into()))
+    }
+
+    /// The principal of a secret given outside HTTP (the MQTT password), `None` when it
+    /// is not a configured token. Compares every token in constant time.
+    pub fn principal_for_secret(&self, given: &str) -> Option<Principal> {
         let found = self.tokens.iter().fold(None, |acc, t| {
             if ct_eq(t.secret.as_bytes(), given.as_bytes()) {
                 Some(t)
@@ -220,15 +239,12 @@ impl Auth {
                 acc
             }
         });
-        match found {
-            Some(t) => Ok(Principal {
-                name: Some(t.name.clone()),
-                all_databases: t.all_databases,
-                databases: t.databases.clone(),
-                read: t.read,
-                write: t.write,
-            }),
-            None => Err(ApiError::Unauthorized("invalid token".into())),
-        }
+        found.map(|t| Principal {
+            name: Some(t.name.clone()),
+            all_databases: t.all_databases,
+            databases: t.databases.clone(),
+            read: t.read,
+            write: t.write,
+        })
     }
 }

@@ -59,7 +59,21 @@ pub struct AppState {
     started: Instant,
     http_metrics: metrics::HttpMetrics,
     executor: QueryExecutor,
+    /// Other components' `/metrics` text (the MQTT endpoint and subscriber).
+    extra_metrics: ExtraMetrics,
 }
+
+#[derive(Default)]
+struct ExtraMetrics(std::sync::Mutex<Vec<MetricsSource>>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics")
+    }
+}
+
+/// Appends Prometheus text to `/metrics`.
+pub type MetricsSource = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 impl AppState {
     /// State without an engine yet; starts the query runtime.
@@ -70,7 +84,20 @@ impl AppState {
             started: Instant::now(),
             http_metrics: metrics::HttpMetrics::default(),
             executor: QueryExecutor::new(query)?,
+            extra_metrics: ExtraMetrics::default(),
         }))
+    }
+
+    /// Add a component's counters to `/metrics`.
+    pub fn add_metrics(&self, source: MetricsSource) {
+        if let Ok(mut v) = self.extra_metrics.0.lock() {
+            v.push(source);
+        }
+    }
+
+    /// The configured tokens (for checking MQTT credentials).
+    pub fn auth(&self) -> &Auth {
+        &self.config.auth
     }
 
     /// Hand over the recovered engine: the server becomes ready.

@@ -203,5 +203,14 @@ pub(crate) async fn metrics(
             snap.segments.iter().map(|s| s.bytes).sum(),
         );
     }
+    let sources: Vec<crate::MetricsSource> = s
+        .extra_metrics
+        .0
+        .lock()
+        .map(|v| v.clone())
+        .unwrap_or_default();
+    for source in sources {
+        source(&mut out);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
