@@ -197,3 +197,32 @@ impl Workload {
         out
     }
 }
+
+impl Workload {
+    /// One reading of each sensor as (MQTT topic, JSON payload): topic
+    /// `bench/<building>/<room>/<sensor>`, payload the 8 fields and `ts` in ms.
+    pub fn json_messages(&mut self) -> Vec<(String, String)> {
+        let ts_ms = self.time() / 1_000_000;
+        let readings = self.tick();
+        self.sensors
+            .iter()
+            .zip(readings)
+            .map(|(s, r)| {
+                (
+                    format!("bench/{}/{}/{}", s.building, s.room, s.sensor),
+                    format!(
+                        r#"{{"ts":{ts_ms},"temperature":{},"humidity":{},"co2":{},"voc":{},"pm25":{},"lux":{},"noise":{},"occupied":{}}}"#,
+                        r.temperature,
+                        r.humidity,
+                        r.co2,
+                        r.voc,
+                        r.pm25,
+                        r.lux,
+                        r.noise,
+                        r.occupied
+                    ),
+                )
+            })
+            .collect()
+    }
+}

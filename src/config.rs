@@ -78,6 +78,22 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_PARTITION", value_parser = humantime::parse_duration, default_value = "1d")]
     pub(crate) partition: Duration,
 
+    /// How often to look for small segments to merge; `off` disables compaction.
+    #[arg(long, env = "TALO_COMPACTION_INTERVAL", value_parser = parse_interval_or_off, default_value = "60s")]
+    pub(crate) compaction_interval: MaybeInterval,
+
+    /// Merge a partition's run of small segments once it has this many files.
+    #[arg(long, env = "TALO_COMPACTION_MIN_FILES", default_value_t = 8)]
+    pub(crate) compaction_min_files: usize,
+
+    /// Segments at least this large (MiB) are not merged further.
+    #[arg(long, env = "TALO_COMPACTION_TARGET_MB", default_value_t = 256)]
+    pub(crate) compaction_target_mb: u64,
+
+    /// Rows one merge holds in memory at most.
+    #[arg(long, env = "TALO_COMPACTION_MAX_ROWS", default_value_t = 8 << 20)]
+    pub(crate) compaction_max_rows: u64,
+
     /// Largest accepted HTTP request body in MiB (after gzip decoding).
     #[arg(long, env = "TALO_MAX_BODY_MB", default_value_t = 64)]
     pub(crate) max_body_mb: usize,
@@ -150,9 +166,28 @@ impl ServeArgs {
             flush_bytes: self.flush_size_mb << 20,
             max_buffer_bytes: self.max_buffer_mb << 20,
             partition: self.partition,
+            compaction: talo_engine::CompactionConfig {
+                interval: self.compaction_interval.0,
+                min_files: self.compaction_min_files,
+                target_bytes: self.compaction_target_mb << 20,
+                max_rows: self.compaction_max_rows,
+            },
             ..Default::default()
         }
     }
+}
+
+/// A duration, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MaybeInterval(pub(crate) Option<Duration>);
+
+fn parse_interval_or_off(s: &str) -> Result<MaybeInterval, String> {
+    if s == "off" {
+        return Ok(MaybeInterval(None));
+    }
+    humantime::parse_duration(s)
+        .map(|d| MaybeInterval(Some(d)))
+        .map_err(|e| e.to_string())
 }
 
 /// Find `--config FILE` (or `TALO_CONFIG`) and export its top-level scalar keys as
@@ -248,6 +283,10 @@ const KNOWN_KEYS: &[&str] = &[
     "TALO_MQTT_URL",
     "TALO_MQTT_CLIENT_ID",
     "TALO_MQTT_LISTEN",
+    "TALO_COMPACTION_INTERVAL",
+    "TALO_COMPACTION_MIN_FILES",
+    "TALO_COMPACTION_TARGET_MB",
+    "TALO_COMPACTION_MAX_ROWS",
     "TALO_MQTT_MAX_PACKET_KB",
     "TALO_MQTT_MAX_CONNECTIONS",
 ];

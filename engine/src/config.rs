@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub partition: Duration,
     /// Parquet encoding options. Default zstd level 3, 256 Ki rows per row group.
     pub segment: SegmentOptions,
+    /// Background merging of small segments.
+    pub compaction: crate::compact::CompactionConfig,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +46,7 @@ impl Default for EngineConfig {
             max_buffer_bytes: 1 << 30,
             partition: Duration::from_secs(86_400),
             segment: SegmentOptions::default(),
+            compaction: Default::default(),
         }
     }
 }
@@ -70,6 +73,14 @@ impl EngineConfig {
         }
         if self.segment.row_group_rows == 0 {
             return Err(Error::Config("row group size must be > 0".into()));
+        }
+        if self.compaction.min_files < 2 || self.compaction.max_rows == 0 {
+            return Err(Error::Config(
+                "compaction needs min files >= 2 and max rows > 0".into(),
+            ));
+        }
+        if self.compaction.interval.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config("compaction interval must be > 0".into()));
         }
         if self.max_group_bytes == 0 {
             return Err(Error::Config("max group bytes must be > 0".into()));

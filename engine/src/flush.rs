@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -49,7 +49,7 @@ pub(crate) enum FlushJob {
 
 pub(crate) struct Flusher {
     pub cfg: EngineConfig,
-    pub manifest: Manifest,
+    pub manifest: Arc<Mutex<Manifest>>,
     pub state: Arc<ArcSwap<Snapshot>>,
     pub frozen_bytes: Arc<AtomicUsize>,
     pub done_tx: Sender<()>,
@@ -116,7 +116,6 @@ impl Flusher {
     ) -> Result<()> {
         let dir = self.cfg.data_dir.clone();
         let width = self.cfg.partition_nanos();
-        let mut manifest = self.manifest.clone();
         let mut written: Vec<PathBuf> = Vec::new();
         let result = (|| -> Result<Vec<SegmentMeta>> {
             let mut new_segments = Vec::new();
@@ -130,8 +129,11 @@ impl Flusher {
                 let batch = concat_chunks(chunks, &def.schema())?;
                 for (partition, part) in split_partitions(&batch, width)? {
                     let sorted = sort_dedup(&part)?;
-                    let id = manifest.next_segment_id;
-                    manifest.next_segment_id += 1;
+                    let id = {
+                        let mut m = self.manifest.lock().map_err(|_| poisoned())?;
+                        m.next_segment_id += 1;
+                        m.next_segment_id - 1
+                    };
                     let rel = segment_rel_path(db, table, partition, id);
                     let path = dir.join(&rel);
                     written.push(path.clone());
@@ -147,6 +149,7 @@ impl Flusher {
                         max_time,
                         rows: sorted.num_rows() as u64,
                         bytes,
+                        seq: None,
                     });
                 }
             }
@@ -157,11 +160,22 @@ impl Flusher {
             fail::fail_point!("flush::before_manifest", |_| Err(failpoint_err(
                 "flush::before_manifest"
             )));
+            Ok(new_segments)
+        })();
+        // publish: manifest and snapshot under the manifest lock, so that a compaction
+        // publishing at the same time sees (and keeps) these segments
+        let mut guard = match self.manifest.lock() {
+            Ok(g) => g,
+            Err(_) => return Err(poisoned()),
+        };
+        let result = result.and_then(|new_segments| {
+            let mut manifest = guard.clone();
             manifest.segments.extend(new_segments.iter().cloned());
             manifest.wal_flushed_through = manifest.wal_flushed_through.max(wal_through);
             manifest.save(&dir)?;
+            *guard = manifest;
             Ok(new_segments)
-        })();
+        });
         let new_segments = match result {
             Ok(s) => s,
             Err(e) => {
@@ -174,7 +188,6 @@ impl Flusher {
                 return Err(e);
             }
         };
-        self.manifest = manifest;
         let rows: u64 = new_segments.iter().map(|s| s.rows).sum();
         let new: Vec<Arc<SegmentMeta>> = new_segments.into_iter().map(Arc::new).collect();
         let gen_id = generation.id;
@@ -192,6 +205,7 @@ impl Flusher {
                 segments: Arc::new(segments),
             }
         });
+        drop(guard);
         self.frozen_bytes
             .fetch_sub(generation.bytes, Ordering::AcqRel);
         let _ = self.done_tx.try_send(());
@@ -203,6 +217,10 @@ impl Flusher {
         delete_wal_through(&dir.join("wal"), wal_through);
         Ok(())
     }
+}
+
+fn poisoned() -> Error {
+    Error::Internal("manifest lock poisoned".into())
 }
 
 fn fail_here(name: &str) -> bool {

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod buffer;
 pub mod catalog;
+pub mod compact;
 pub mod config;
 pub mod error;
 mod flush;
@@ -38,6 +39,7 @@ use tokio::sync::oneshot;
 pub use batch::{BatchBuilder, Rejection, TableWrite, WriteBatch};
 pub use buffer::{Snapshot, TableSnapshot};
 pub use catalog::Catalog;
+pub use compact::CompactionConfig;
 pub use config::EngineConfig;
 pub use error::{Error, Result};
 pub use manifest::SegmentMeta;
@@ -57,6 +59,7 @@ pub struct Engine {
     config: EngineConfig,
     state: Arc<ArcSwap<Snapshot>>,
     sender: Sender<Command>,
+    compact_tx: Sender<compact::CompactRequest>,
     metrics: Arc<EngineMetrics>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     halt: Arc<AtomicBool>,
@@ -181,6 +184,16 @@ impl Engine {
         rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
     }
 
+    /// Run compaction now until no partition qualifies; returns the number of merges.
+    /// Blocking.
+    pub fn compact_blocking(&self) -> Result<usize> {
+        let (tx, rx) = oneshot::channel();
+        self.compact_tx
+            .send(compact::CompactRequest::Now(tx))
+            .map_err(|_| Error::ShuttingDown)?;
+        rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+    }
+
     /// Stop accepting writes, flush everything, stop the threads. Blocking.
     pub fn shutdown(&self) -> Result<()> {
         if self.closed.swap(true, Ordering::AcqRel) {
@@ -191,6 +204,7 @@ impl Engine {
             Ok(()) => rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown)),
             Err(_) => Err(Error::ShuttingDown),
         };
+        let _ = self.compact_tx.send(compact::CompactRequest::Stop);
         self.join();
         res
     }
@@ -200,6 +214,7 @@ impl Engine {
     pub fn halt(&self) {
         self.closed.store(true, Ordering::Release);
         self.halt.store(true, Ordering::Release);
+        let _ = self.compact_tx.try_send(compact::CompactRequest::Stop);
         self.join();
     }
 

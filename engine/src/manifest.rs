@@ -31,6 +31,17 @@ pub struct SegmentMeta {
     pub max_time: i64,
     pub rows: u64,
     pub bytes: u64,
+    /// Precedence among copies of the same point (higher wins) when it is not `id`: a
+    /// compacted segment takes the highest precedence of the segments it replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+impl SegmentMeta {
+    /// Which copy of a point wins: the one from the segment with the higher precedence.
+    pub fn precedence(&self) -> u64 {
+        self.seq.unwrap_or(self.id)
+    }
 }
 
 /// The persisted manifest.

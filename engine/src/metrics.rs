@@ -58,6 +58,10 @@ pub struct EngineMetrics {
     pub flushed_rows: AtomicU64,
     /// Times a writer had to wait because the buffer was full.
     pub backpressure_waits: AtomicU64,
+    /// Compaction merges done, segments they replaced, and failed attempts.
+    pub compactions: AtomicU64,
+    pub compacted_segments: AtomicU64,
+    pub compaction_errors: AtomicU64,
 }
 
 /// Add one to a counter.

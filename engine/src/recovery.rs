@@ -199,6 +199,16 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         "recovery complete"
     );
 
+    let manifest = Arc::new(std::sync::Mutex::new(manifest));
+    let compactor = crate::compact::Compactor {
+        cfg: config.clone(),
+        manifest: Arc::clone(&manifest),
+        state: Arc::clone(&state),
+        halt: Arc::clone(&halt),
+        metrics: Arc::clone(&metrics),
+        graveyard: Vec::new(),
+    };
+    let (compact_tx, compact_rx) = bounded(16);
     let flusher = Flusher {
         cfg: config.clone(),
         manifest,
@@ -218,11 +228,16 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
             .name("talo-wal".into())
             .spawn(move || writer.run(rx))
             .at(&dir)?,
+        std::thread::Builder::new()
+            .name("talo-compact".into())
+            .spawn(move || compactor.run(compact_rx))
+            .at(&dir)?,
     ];
     Ok(Arc::new(Engine {
         config,
         state,
         sender: tx,
+        compact_tx,
         metrics,
         threads: Mutex::new(threads),
         halt,

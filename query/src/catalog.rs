@@ -17,6 +17,7 @@ use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvid
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions_aggregate::first_last::last_value_udaf;
+use datafusion::logical_expr::expr::NullTreatment;
 use datafusion::logical_expr::{
     Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, ident, lit,
 };
@@ -156,7 +157,7 @@ pub(crate) fn table_provider(
             segments: vec![Arc::clone(seg)],
         });
         let mut exprs: Vec<Expr> = schema.fields().iter().map(|f| ident(f.name())).collect();
-        exprs.push(lit(seg.id).alias(SEQ));
+        exprs.push(lit(seg.precedence()).alias(SEQ));
         dirty_plans.push(
             LogicalPlanBuilder::scan(
                 format!("segment_{}", seg.id),
@@ -201,12 +202,15 @@ pub(crate) fn table_provider(
         match c.ty {
             ColumnType::Time | ColumnType::Tag => group.push(ident(&c.name)),
             ColumnType::Field(_) => aggs.push(
-                // one builder for ORDER BY and FILTER: building `last_value(..)` first and
-                // adding the filter afterwards would drop the ordering
+                // `last_value(x ORDER BY seq) IGNORE NULLS`, in one builder (building
+                // `last_value(..)` first and adding to it afterwards drops the ordering).
+                // Not `FILTER (WHERE x IS NOT NULL)`: on pre-ordered input DataFusion 55's
+                // accumulator computes `len - 1` of an empty filtered batch (it overflows:
+                // a panic in debug builds), which IGNORE NULLS never reaches.
                 last_value_udaf()
                     .call(vec![ident(&c.name)])
                     .order_by(vec![ident(SEQ).sort(true, false)])
-                    .filter(ident(&c.name).is_not_null())
+                    .null_treatment(NullTreatment::IgnoreNulls)
                     .build()?
                     .alias(&c.name),
             ),
@@ -278,6 +282,7 @@ mod tests {
             max_time,
             rows: 1,
             bytes: 1,
+            seq: None,
         })
     }
 

@@ -190,6 +190,24 @@ pub(crate) async fn metrics(
             "Rows held in the write buffer.",
             snap.buffered_rows() as u64,
         );
+        counter(
+            &mut out,
+            "talo_compactions_total",
+            "Compaction merges done.",
+            r(&m.compactions),
+        );
+        counter(
+            &mut out,
+            "talo_compacted_segments_total",
+            "Segments replaced by compaction.",
+            r(&m.compacted_segments),
+        );
+        counter(
+            &mut out,
+            "talo_compaction_errors_total",
+            "Failed compaction attempts (retried).",
+            r(&m.compaction_errors),
+        );
         gauge(
             &mut out,
             "talo_segments",

@@ -1,0 +1,251 @@
+//! Compaction: small segments of a partition merged into one, with the same content
+//! (last write wins per field, across segments), bounded file counts, and crash safety
+//! at every step of publishing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use arrow::array::{Array, Float64Array, Int64Array, StringArray, TimestampNanosecondArray};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use talo_engine::reader::read_segment;
+use talo_engine::{CompactionConfig, Engine, EngineConfig, FieldValue};
+
+const DAY: i64 = 86_400_000_000_000;
+const T0: i64 = 1_700_006_400_000_000_000; // a partition start (midnight UTC)
+
+type Point = (String, i64);
+type Fields = (Option<f64>, Option<i64>);
+
+fn config(dir: &Path, min_files: usize, target_bytes: u64) -> EngineConfig {
+    EngineConfig {
+        data_dir: dir.to_path_buf(),
+        compaction: CompactionConfig {
+            interval: None,
+            min_files,
+            target_bytes,
+            max_rows: 1 << 20,
+        },
+        ..EngineConfig::default()
+    }
+}
+
+/// Write one flush worth of rows: `n` points of round `round` over 3 days and 5 rooms,
+/// each round overwriting part of the previous ones (same room + time) and sometimes
+/// only one of the two fields. Applies the same writes to `model`.
+fn write_round(engine: &Engine, round: i64, n: i64, model: &mut BTreeMap<Point, Fields>) {
+    let mut b = engine.batch_builder("house").unwrap();
+    for i in 0..n {
+        let k = (i * 7 + round * 13) % n.max(60); // points repeat across rounds
+        let room = format!("r{}", k % 5);
+        let time = T0 + (k % 3) * DAY + (k / 15) * 1_000_000_000;
+        let temp = 20.0 + round as f64 + i as f64 / 100.0;
+        let fields: Vec<(&str, FieldValue<'_>)> = match (round + i) % 3 {
+            0 => vec![("temp", FieldValue::F64(temp))],
+            1 => vec![("co2", FieldValue::I64(400 + round * 10 + i))],
+            _ => vec![
+                ("temp", FieldValue::F64(temp)),
+                ("co2", FieldValue::I64(500 + round)),
+            ],
+        };
+        b.push_row("env", &[("room", room.as_str())], &fields, time, i as u32)
+            .unwrap();
+        let e = model.entry((room, time)).or_default();
+        for (name, v) in &fields {
+            match (name, v) {
+                (&"temp", FieldValue::F64(x)) => e.0 = Some(*x),
+                (&"co2", FieldValue::I64(x)) => e.1 = Some(*x),
+                _ => unreachable!(),
+            }
+        }
+    }
+    engine.write_blocking(b.finish().unwrap()).unwrap();
+    engine.flush_blocking().unwrap();
+}
+
+/// The table's content as last-write-wins over the segments in precedence order.
+fn materialize(engine: &Engine) -> BTreeMap<Point, Fields> {
+    let snap = engine.snapshot();
+    let t = snap.table("house", "env").unwrap();
+    assert!(t.chunks.is_empty(), "everything is flushed");
+    let schema = t.table.schema();
+    let mut segs = t.segments.clone();
+    segs.sort_by_key(|s| s.precedence());
+    let mut out: BTreeMap<Point, Fields> = BTreeMap::new();
+    for s in segs {
+        for b in read_segment(&engine.config().data_dir, &s, &schema).unwrap() {
+            let room = cast(b.column_by_name("room").unwrap(), &DataType::Utf8).unwrap();
+            let room = room.as_any().downcast_ref::<StringArray>().unwrap();
+            let time = b
+                .column_by_name("time")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<TimestampNanosecondArray>()
+                .unwrap();
+            let temp = b
+                .column_by_name("temp")
+                .map(|c| c.as_any().downcast_ref::<Float64Array>().unwrap().clone());
+            let co2 = b
+                .column_by_name("co2")
+                .map(|c| c.as_any().downcast_ref::<Int64Array>().unwrap().clone());
+            for i in 0..b.num_rows() {
+                let e = out
+                    .entry((room.value(i).to_string(), time.value(i)))
+                    .or_default();
+                if let Some(t) = &temp
+                    && t.is_valid(i)
+                {
+                    e.0 = Some(t.value(i));
+                }
+                if let Some(c) = &co2
+                    && c.is_valid(i)
+                {
+                    e.1 = Some(c.value(i));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn parquet_files(dir: &Path) -> usize {
+    fn walk(p: &Path) -> usize {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| {
+                        let p = e.path();
+                        if p.is_dir() {
+                            walk(&p)
+                        } else {
+                            usize::from(p.extension().is_some_and(|x| x == "parquet"))
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(&dir.join("db"))
+}
+
+#[test]
+fn compaction_keeps_every_point_and_bounds_the_file_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 4, 1 << 30)).unwrap();
+    let mut model = BTreeMap::new();
+    for round in 0..12 {
+        write_round(&engine, round, 40, &mut model);
+    }
+    let before = engine.snapshot().segments.len();
+    assert_eq!(before, 36, "12 flushes × 3 day partitions");
+    assert_eq!(materialize(&engine), model);
+    let merges = engine.compact_blocking().unwrap();
+    assert_eq!(merges, 3, "one merge per partition");
+    assert_eq!(engine.snapshot().segments.len(), 3);
+    assert_eq!(materialize(&engine), model);
+    // the replaced files are gone once no snapshot holds them
+    assert_eq!(engine.compact_blocking().unwrap(), 0);
+    assert_eq!(parquet_files(dir.path()), 3);
+    // and it all survives a restart
+    engine.shutdown().unwrap();
+    drop(engine);
+    let engine = Engine::open(config(dir.path(), 4, 1 << 30)).unwrap();
+    assert_eq!(materialize(&engine), model);
+}
+
+/// A large segment in the middle of a partition is not merged, and the runs on either
+/// side keep their order relative to it: a point rewritten in the large segment and
+/// again later keeps the later value.
+#[test]
+fn only_adjacent_runs_are_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    // segments of 40 rows are ~1.6 KiB; those of the 4000-row flush ~6 KiB
+    let engine = Engine::open(config(dir.path(), 3, 4 * 1024)).unwrap();
+    let mut model = BTreeMap::new();
+    for round in 0..4 {
+        write_round(&engine, round, 40, &mut model);
+    }
+    write_round(&engine, 4, 4000, &mut model);
+    for round in 5..9 {
+        write_round(&engine, round, 40, &mut model);
+    }
+    let big: Vec<u64> = engine
+        .snapshot()
+        .segments
+        .iter()
+        .filter(|s| s.bytes >= 4 * 1024)
+        .map(|s| s.id)
+        .collect();
+    let sizes: Vec<u64> = engine.snapshot().segments.iter().map(|s| s.bytes).collect();
+    assert!(
+        !big.is_empty(),
+        "the 4000-row flush makes large segments: {sizes:?}"
+    );
+    engine.compact_blocking().unwrap();
+    let after = engine.snapshot();
+    for id in &big {
+        assert!(
+            after.segments.iter().any(|s| s.id == *id),
+            "large segment {id} untouched"
+        );
+    }
+    assert!(after.segments.len() < 27);
+    drop(after);
+    assert_eq!(materialize(&engine), model);
+}
+
+/// A query (a snapshot) that started before the compaction keeps reading the old files.
+#[test]
+fn running_readers_keep_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 2, 1 << 30)).unwrap();
+    let mut model = BTreeMap::new();
+    for round in 0..3 {
+        write_round(&engine, round, 40, &mut model);
+    }
+    let old = engine.snapshot();
+    engine.compact_blocking().unwrap();
+    let t = old.table("house", "env").unwrap();
+    let schema = t.table.schema();
+    for s in &t.segments {
+        assert!(
+            read_segment(dir.path(), s, &schema).is_ok(),
+            "{} deleted under a reader",
+            s.path
+        );
+    }
+    drop(t);
+    drop(old);
+    engine.compact_blocking().unwrap(); // buries what nobody holds
+    assert_eq!(parquet_files(dir.path()), 3);
+}
+
+/// Crash before the manifest names the output, and crash after it but before the inputs
+/// are deleted: after reopening, the content is the same and no file is left over.
+#[test]
+fn crash_at_each_compaction_step() {
+    let scenario = fail::FailScenario::setup();
+    for point in ["compact::before_manifest", "compact::before_delete"] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(config(dir.path(), 2, 1 << 30)).unwrap();
+        let mut model = BTreeMap::new();
+        for round in 0..4 {
+            write_round(&engine, round, 40, &mut model);
+        }
+        fail::cfg(point, "return").unwrap();
+        let _ = engine.compact_blocking();
+        fail::remove(point);
+        engine.halt(); // as kill -9 would
+        drop(engine);
+        let engine = Engine::open(config(dir.path(), 2, 1 << 30)).unwrap();
+        assert_eq!(materialize(&engine), model, "{point}");
+        let named = engine.snapshot().segments.len();
+        assert_eq!(parquet_files(dir.path()), named, "{point}: no orphan left");
+        // and compaction then completes
+        engine.compact_blocking().unwrap();
+        assert_eq!(materialize(&engine), model, "{point}");
+    }
+    scenario.teardown();
+}
