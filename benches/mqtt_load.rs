@@ -224,10 +224,11 @@ async fn publisher(conn: usize, a: Arc<Args>, totals: Arc<Totals>, stop: Arc<Ato
 }
 
 /// Publish one probe reading at a time and poll SQL until it is visible.
-async fn probes(a: Arc<Args>, http: String, stop: Arc<AtomicBool>) -> Vec<u32> {
+async fn probes(a: Arc<Args>, http: String, stop: Arc<AtomicBool>) -> (Vec<u32>, Vec<u32>) {
     let stream = mqtt_connect(&a.addr, &format!("load-probe-{}", std::process::id())).await;
     let (mut rd, mut wr) = stream.into_split();
     let mut lat = Vec::new();
+    let mut ack_lat = Vec::new();
     let mut n: u64 = 0;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -252,7 +253,7 @@ async fn probes(a: Arc<Args>, http: String, stop: Arc<AtomicBool>) -> Vec<u32> {
             "http://{http}/api/v1/query?db=bench&sql=SELECT%20count(*)%20AS%20n%20FROM%20env%20WHERE%20sensor%20%3D%20'{sensor}'"
         );
         let agent2 = agent.clone();
-        let seen = tokio::task::spawn_blocking(move || {
+        let poll = tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(mut r) = agent2.get(&url).call()
@@ -265,21 +266,20 @@ async fn probes(a: Arc<Args>, http: String, stop: Arc<AtomicBool>) -> Vec<u32> {
                 std::thread::sleep(Duration::from_millis(1));
             }
             None
-        })
-        .await
-        .unwrap();
-        if let Some(d) = seen {
-            lat.push(d.as_micros() as u32);
-        }
-        // drain the PUBACK
+        });
+        // the PUBACK, meanwhile
         while Packet::read(&mut buf, 1 << 20).is_err() {
             if rd.read_buf(&mut buf).await.unwrap_or(0) == 0 {
                 break;
             }
         }
+        ack_lat.push(t0.elapsed().as_micros() as u32);
+        if let Some(d) = poll.await.unwrap() {
+            lat.push(d.as_micros() as u32);
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    lat
+    (lat, ack_lat)
 }
 
 /// An endpoint that acknowledges every publish at once and keeps nothing.
@@ -364,10 +364,11 @@ fn main() {
         }
         let elapsed = start.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
-        let probe_lat = match probe {
+        let (probe_lat, mut probe_ack) = match probe {
             Some(p) => p.await.unwrap(),
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
+        probe_ack.sort_unstable();
         let sent = totals.sent.load(Ordering::Relaxed);
         let acked = totals.acked.load(Ordering::Relaxed);
         let mut lat = std::mem::take(&mut *totals.latencies_us.lock().unwrap());
@@ -375,7 +376,7 @@ fn main() {
         let mut plat = probe_lat;
         plat.sort_unstable();
         println!(
-            "{{\"target\":\"{}\",\"connections\":{},\"sensors\":{},\"qos\":{},\"seconds\":{elapsed:.2},\"sent\":{sent},\"acked\":{acked},\"sent_per_s\":{:.0},\"acked_per_s\":{:.0},\"field_values_per_s\":{:.0},\"ack_ms_p50\":{:.2},\"ack_ms_p99\":{:.2},\"visible_ms_p50\":{:.2},\"visible_ms_p99\":{:.2},\"probes\":{}}}",
+            "{{\"target\":\"{}\",\"connections\":{},\"sensors\":{},\"qos\":{},\"seconds\":{elapsed:.2},\"sent\":{sent},\"acked\":{acked},\"sent_per_s\":{:.0},\"acked_per_s\":{:.0},\"field_values_per_s\":{:.0},\"ack_ms_p50\":{:.2},\"ack_ms_p99\":{:.2},\"visible_ms_p50\":{:.2},\"visible_ms_p99\":{:.2},\"probe_ack_ms_p50\":{:.2},\"probes\":{}}}",
             if a.sink { "sink" } else { a.addr.as_str() },
             a.connections,
             a.sensors,
@@ -387,6 +388,7 @@ fn main() {
             percentile(&lat, 0.99),
             percentile(&plat, 0.5),
             percentile(&plat, 0.99),
+            percentile(&probe_ack, 0.5),
             plat.len()
         );
     });

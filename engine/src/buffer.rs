@@ -137,6 +137,38 @@ pub fn concat_chunks(chunks: &[Chunk], schema: &SchemaRef) -> Result<RecordBatch
     Ok(concat_batches(schema, &aligned)?)
 }
 
+/// Rebuild tag dictionaries that outgrew their column. `concat` appends the small
+/// chunk's dictionary to the big one's without merging equal values, so after many
+/// merges a tag column of 2 M rows had about 2 M dictionary entries for 16 k distinct
+/// values, and a query comparing the tag with a literal took a second. Rebuilt, the
+/// dictionary holds each value once; this runs only when entries exceed an eighth of
+/// the rows, so its cost stays proportional to the merging.
+fn compact_dictionaries(batch: RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Int32Type};
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let mut changed = false;
+    for c in columns.iter_mut() {
+        let DataType::Dictionary(key, value) = c.data_type() else {
+            continue;
+        };
+        if key.as_ref() != &DataType::Int32 {
+            continue;
+        }
+        let entries = c.as_dictionary::<Int32Type>().values().len();
+        if entries > 1024 && entries > rows / 8 {
+            let plain = cast(c, value)?;
+            *c = cast(&plain, &DataType::Dictionary(key.clone(), value.clone()))?;
+            changed = true;
+        }
+    }
+    if !changed {
+        return Ok(batch);
+    }
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
 /// Append a chunk to a table's list. Neighbouring chunks are merged while the older
 /// one is at most twice the size of the newer, so sizes fall geometrically along the
 /// list: a table holds O(log rows) chunks, and each row is copied O(log rows) times.
@@ -148,7 +180,7 @@ pub fn push_chunk(chunks: &mut Vec<Chunk>, chunk: Chunk, schema: &SchemaRef) -> 
             break;
         }
         let tail = &chunks[n - 2..];
-        let merged = concat_chunks(tail, schema)?;
+        let merged = compact_dictionaries(concat_chunks(tail, schema)?)?;
         let min_time = tail[0].min_time.min(tail[1].min_time);
         let max_time = tail[0].max_time.max(tail[1].max_time);
         chunks.truncate(n - 2);
@@ -159,4 +191,62 @@ pub fn push_chunk(chunks: &mut Vec<Chunk>, chunk: Chunk, schema: &SchemaRef) -> 
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{AsArray, DictionaryArray, TimestampNanosecondArray};
+    use arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
+
+    /// Thousands of small chunks, each with its own dictionary of the same 100 sensors:
+    /// after the geometric merges, no tag dictionary is much larger than its distinct
+    /// values.
+    #[test]
+    fn merged_chunks_keep_small_dictionaries() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new(
+                "sensor",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                true,
+            ),
+        ]));
+        let mut chunks = Vec::new();
+        let mut t = 0i64;
+        for _ in 0..3000 {
+            let names: Vec<String> = (0..100).map(|i| format!("s{i:03}")).collect();
+            let sensor: DictionaryArray<Int32Type> = names.iter().map(String::as_str).collect();
+            let time = TimestampNanosecondArray::from_iter_values(t..t + 100).with_timezone("UTC");
+            t += 100;
+            let batch =
+                RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(time), Arc::new(sensor)])
+                    .unwrap();
+            push_chunk(
+                &mut chunks,
+                Chunk {
+                    batch,
+                    min_time: t - 100,
+                    max_time: t - 1,
+                },
+                &schema,
+            )
+            .unwrap();
+        }
+        let rows: usize = chunks.iter().map(|c| c.batch.num_rows()).sum();
+        assert_eq!(rows, 300_000);
+        for c in &chunks {
+            let d = c.batch.column(1).as_dictionary::<Int32Type>();
+            assert!(
+                d.values().len() <= 1024 || d.values().len() <= c.batch.num_rows() / 8,
+                "{} dictionary entries for {} rows",
+                d.values().len(),
+                c.batch.num_rows()
+            );
+        }
+    }
 }
