@@ -98,9 +98,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_MAX_BODY_MB", default_value_t = 64)]
     pub(crate) max_body_mb: usize,
 
-    /// Embedded MQTT endpoint for devices; `off` disables it, port 0 picks a free port.
-    #[arg(long, env = "TALO_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
-    pub(crate) mqtt_listen: String,
+    /// Embedded MQTT endpoint for devices [default: 127.0.0.1:1883]; `off` disables it,
+    /// port 0 picks a free port. If the default port is taken (a broker already runs
+    /// there), talo starts without the endpoint and says so; an address given explicitly
+    /// must bind.
+    #[arg(long, env = "TALO_MQTT_LISTEN")]
+    pub(crate) mqtt_listen: Option<String>,
 
     /// Largest MQTT packet (KiB) the embedded endpoint reads into memory; larger
     /// publishes are discarded as they stream in, acknowledged and recorded in `_rejected`.

@@ -26,6 +26,9 @@ impl talo_ingest::listener::Authenticator for TokenLogin {
     }
 }
 
+/// Where the embedded MQTT endpoint listens unless told otherwise.
+const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
+
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let engine_config = args.engine_config();
     engine_config.validate().context("invalid configuration")?;
@@ -77,18 +80,34 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
         .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "HTTP listening");
-    // the embedded MQTT endpoint is bound now (a taken port fails the start) and
-    // accepts once the engine is open
-    let mqtt_listener = match args.mqtt_listen.trim() {
+    // the embedded MQTT endpoint is bound now and accepts once the engine is open; an
+    // explicit address that cannot be bound fails the start, the implicit default only
+    // turns the endpoint off (e.g. Mosquitto already listens on 1883)
+    let (listen, explicit) = match &args.mqtt_listen {
+        Some(a) => (a.trim(), true),
+        None => (DEFAULT_MQTT_LISTEN, false),
+    };
+    let mqtt_listener = match listen {
         "off" | "" => None,
         a => {
             if args.mqtt_max_packet_kb == 0 || args.mqtt_max_connections == 0 {
                 anyhow::bail!("--mqtt-max-packet-kb and --mqtt-max-connections must be positive");
             }
-            let l = tokio::net::TcpListener::bind(a).await.with_context(|| {
-                format!("binding the MQTT address {a} (--mqtt-listen; `off` disables it)")
-            })?;
-            Some(l)
+            match tokio::net::TcpListener::bind(a).await {
+                Ok(l) => Some(l),
+                Err(e) if !explicit => {
+                    tracing::error!(
+                        error = %e,
+                        "the default MQTT address {a} is taken (another broker?): the embedded MQTT endpoint is OFF; give --mqtt-listen ADDR to use another address, or --mqtt-listen off to silence this"
+                    );
+                    None
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "binding the MQTT address {a} (--mqtt-listen; `off` disables it)"
+                    )));
+                }
+            }
         }
     };
     // machine-readable lines for scripts and tests that start talo on port 0

@@ -173,3 +173,66 @@ fn relative_data_dir() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"v\":1"), "{body}");
 }
+
+/// The default MQTT port taken (a broker already runs there): talo still starts, without
+/// the embedded endpoint, and says why; an explicitly given address that is taken fails
+/// the start with a clear message.
+#[test]
+fn taken_mqtt_port() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // hold 127.0.0.1:1883 unless something else already does
+    let _held = std::net::TcpListener::bind("127.0.0.1:1883");
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("a"))
+        .env_remove("TALO_MQTT_LISTEN")
+        .env("TALO_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("talo listening http=")
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while get(&format!("http://{addr}/ready"))
+        .map(|r| r.0)
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut err = String::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    stderr.read_line(&mut err).unwrap();
+    assert!(err.contains("embedded MQTT endpoint is OFF"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            &a,
+            "--data-dir",
+        ])
+        .arg(dir.path().join("b"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("binding the MQTT address"), "{msg}");
+}
