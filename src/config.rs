@@ -118,6 +118,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_MQTT_URL")]
     pub(crate) mqtt_url: Option<String>,
 
+    /// MQTT version spoken to the external broker: `3.1.1` (or `4`) or `5`.
+    #[arg(long, env = "TALO_MQTT_PROTOCOL", default_value = "3.1.1", value_parser = ["3.1.1", "4", "5"])]
+    pub(crate) mqtt_protocol: String,
+
     /// Client id of talo's persistent MQTT session (keep it fixed across restarts).
     #[arg(long, env = "TALO_MQTT_CLIENT_ID", default_value = "talo")]
     pub(crate) mqtt_client_id: String,
@@ -286,6 +290,7 @@ const KNOWN_KEYS: &[&str] = &[
     "TALO_MQTT_URL",
     "TALO_MQTT_CLIENT_ID",
     "TALO_MQTT_LISTEN",
+    "TALO_MQTT_PROTOCOL",
     "TALO_COMPACTION_INTERVAL",
     "TALO_COMPACTION_MIN_FILES",
     "TALO_COMPACTION_TARGET_MB",

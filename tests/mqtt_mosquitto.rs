@@ -128,7 +128,7 @@ fn mosquitto_to_sql() {
 
 const ROUTE: &str = "[[mqtt.routes]]\nfilter = \"building/+/+/+\"\ntopic = \"building/{building}/{room}/{table}\"\nformat = \"json\"\ndb = \"house\"\n";
 
-fn talo_flags(dir: &std::path::Path, port: u16, client_id: &str) -> Vec<String> {
+fn talo_flags(dir: &std::path::Path, port: u16, client_id: &str, protocol: &str) -> Vec<String> {
     let cfg = dir.join("talo.toml");
     std::fs::write(&cfg, ROUTE).unwrap();
     vec![
@@ -140,6 +140,8 @@ fn talo_flags(dir: &std::path::Path, port: u16, client_id: &str) -> Vec<String> 
         client_id.into(),
         "--mqtt-listen".into(),
         "off".into(),
+        "--mqtt-protocol".into(),
+        protocol.into(),
     ]
 }
 
@@ -156,14 +158,15 @@ fn subscribed(talo: &Talo, port: u16) {
 }
 
 /// 100k QoS 1 messages over 50 topics from paho-mqtt through Mosquitto, 1% poison, and
-/// talo killed with SIGKILL twice while they stream in: afterwards every good message is
+/// talo (speaking MQTT 5: clean start off, session expiry) killed with SIGKILL twice
+/// while they stream in: afterwards every good message is
 /// exactly one row with the right tags, fields and time, and every poison message is in
 /// `_rejected`; the session drains (no redelivery loop).
 #[test]
 fn hundred_thousand_through_mosquitto_with_poison_and_kill9() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
-    let flags = talo_flags(dir.path(), broker.port, "talo-100k");
+    let flags = talo_flags(dir.path(), broker.port, "talo-100k", "5");
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let data = dir.path().join("data");
     let talo = Talo::start_ready(&data, &flags);
@@ -231,7 +234,7 @@ fn hundred_thousand_through_mosquitto_with_poison_and_kill9() {
 fn mosquitto_restart_mid_stream() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(dir.path());
-    let flags = talo_flags(dir.path(), broker.port, "talo-restart");
+    let flags = talo_flags(dir.path(), broker.port, "talo-restart", "3.1.1");
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let talo = Talo::start_ready(&dir.path().join("data"), &flags);
     subscribed(&talo, broker.port);
@@ -272,4 +275,98 @@ fn mosquitto_restart_mid_stream() {
         .and_then(|v| v.parse::<u64>().ok());
     assert!(connects.is_some_and(|c| c >= 2), "{connects:?}");
     drop(broker);
+}
+
+fn seqs(talo: &Talo) -> Vec<i64> {
+    let url = format!(
+        "{}?db=house&sql={}",
+        talo.url("/api/v1/query"),
+        url_encode("SELECT CAST(seq AS BIGINT) AS s FROM env")
+    );
+    let (status, body) = get(&url).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["s"].as_i64().unwrap())
+        .collect()
+}
+
+/// Two talo instances (own client ids, own data directories; one speaking MQTT 3.1.1,
+/// the other MQTT 5) in one shared subscription group split one stream: every message
+/// is stored by exactly one of them.
+#[test]
+fn shared_subscription_splits_the_stream_between_two_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(dir.path());
+    let cfg = dir.path().join("shared.toml");
+    std::fs::write(
+        &cfg,
+        ROUTE.replace(
+            "filter = \"building/+/+/+\"",
+            "filter = \"$share/ingest/building/+/+/+\"",
+        ),
+    )
+    .unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let start = |id: &str, protocol: &str| {
+        let flags = [
+            "--mqtt-protocol",
+            protocol,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--mqtt-url",
+            url.as_str(),
+            "--mqtt-client-id",
+            id,
+            "--mqtt-listen",
+            "off",
+        ];
+        Talo::start_ready(&dir.path().join(id), &flags)
+    };
+    let a = start("talo-a", "3.1.1");
+    let b = start("talo-b", "5");
+    // both members subscribed: probes until each has received one
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&a, "house", "SELECT count(*) AS n FROM _rejected").is_none()
+        || count(&b, "house", "SELECT count(*) AS n FROM _rejected").is_none()
+    {
+        assert!(Instant::now() < deadline, "not both subscribed");
+        publish_lines(
+            broker.port,
+            "building/probe/probe/env",
+            &["probe".to_string()],
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = broker.port.to_string();
+    let publisher = Publisher::start(
+        dir.path(),
+        &[
+            "--port",
+            &port,
+            "--count",
+            "20000",
+            "--client-id",
+            "device-shared",
+        ],
+    );
+    assert_eq!(publisher.finish()["acked"], 20_000);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let na = count(&a, "house", "SELECT count(*) AS n FROM env").unwrap_or(0);
+        let nb = count(&b, "house", "SELECT count(*) AS n FROM env").unwrap_or(0);
+        if na + nb == 20_000 {
+            assert!(na > 0 && nb > 0, "one member got everything: {na} / {nb}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{na} + {nb} rows, want 20000");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut all = seqs(&a);
+    all.extend(seqs(&b));
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), 20_000, "no message stored by both");
 }

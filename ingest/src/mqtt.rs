@@ -32,6 +32,119 @@ pub struct MqttConfig {
     pub routes: Vec<Route>,
     /// Messages decoded and committed together. Default 2000.
     pub max_batch: usize,
+    /// MQTT protocol version: 4 (3.1.1) or 5.
+    pub protocol: u8,
+}
+
+/// A client of either protocol version.
+#[derive(Clone)]
+enum Client {
+    V4(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// An event loop of either protocol version.
+enum Conn {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
+}
+
+/// A received publish of either protocol version (kept whole for its ack).
+#[derive(Debug)]
+enum Delivery {
+    V4(Publish),
+    V5(rumqttc::v5::mqttbytes::v5::Publish),
+}
+
+/// What one poll of the event loop gave.
+enum Polled {
+    ConnAck { session_present: bool },
+    Publish(Delivery),
+    Other,
+    Lost(String),
+}
+
+impl Conn {
+    async fn poll(&mut self) -> Polled {
+        match self {
+            Conn::V4(el) => match el.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(a))) => Polled::ConnAck {
+                    session_present: a.session_present,
+                },
+                Ok(Event::Incoming(Incoming::Publish(p))) => Polled::Publish(Delivery::V4(p)),
+                Ok(_) => Polled::Other,
+                Err(e) => Polled::Lost(e.to_string()),
+            },
+            Conn::V5(el) => {
+                use rumqttc::v5::mqttbytes::v5::Packet;
+                match el.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(Packet::ConnAck(a))) => Polled::ConnAck {
+                        session_present: a.session_present,
+                    },
+                    Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) => {
+                        Polled::Publish(Delivery::V5(p))
+                    }
+                    Ok(_) => Polled::Other,
+                    Err(e) => Polled::Lost(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    fn try_subscribe(&self, filter: &str, at_least_once: bool) -> Result<(), String> {
+        match self {
+            Client::V4(c) => {
+                let qos = if at_least_once {
+                    QoS::AtLeastOnce
+                } else {
+                    QoS::AtMostOnce
+                };
+                c.try_subscribe(filter, qos).map_err(|e| e.to_string())
+            }
+            Client::V5(c) => {
+                use rumqttc::v5::mqttbytes::QoS as Q5;
+                let qos = if at_least_once {
+                    Q5::AtLeastOnce
+                } else {
+                    Q5::AtMostOnce
+                };
+                c.try_subscribe(filter, qos).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn ack(&self, d: &Delivery) -> Result<(), String> {
+        match (self, d) {
+            (Client::V4(c), Delivery::V4(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            (Client::V5(c), Delivery::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            _ => Err("protocol mismatch".into()),
+        }
+    }
+}
+
+impl Delivery {
+    fn topic(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Delivery::V4(p) => std::borrow::Cow::Borrowed(p.topic.as_str()),
+            Delivery::V5(p) => String::from_utf8_lossy(&p.topic),
+        }
+    }
+
+    fn payload(&self) -> bytes::Bytes {
+        match self {
+            Delivery::V4(p) => p.payload.clone(),
+            Delivery::V5(p) => p.payload.clone(),
+        }
+    }
+
+    fn at_most_once(&self) -> bool {
+        match self {
+            Delivery::V4(p) => p.qos == QoS::AtMostOnce,
+            Delivery::V5(p) => p.qos == rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        }
+    }
 }
 
 struct Broker {
@@ -77,6 +190,12 @@ pub fn validate(cfg: &MqttConfig) -> Result<(), String> {
     if cfg.client_id.is_empty() || cfg.client_id.len() > 23 * 4 {
         return Err("MQTT client id must be 1..=92 characters".into());
     }
+    if cfg.protocol != 4 && cfg.protocol != 5 {
+        return Err(format!(
+            "MQTT protocol must be 4 (3.1.1) or 5, not {}",
+            cfg.protocol
+        ));
+    }
     Ok(())
 }
 
@@ -88,16 +207,34 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), String> {
     let broker = parse_url(&cfg.url)?;
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), broker.host.clone(), broker.port);
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_max_packet_size(2 << 20, 2 << 20);
-    if let Some((u, p)) = &broker.credentials {
-        opts.set_credentials(u.clone(), p.clone());
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    let (tx, rx) = mpsc::channel::<(Publish, i64)>(cfg.max_batch * 2);
+    let (client, mut eventloop) = if cfg.protocol == 5 {
+        let mut opts =
+            rumqttc::v5::MqttOptions::new(cfg.client_id.clone(), broker.host.clone(), broker.port);
+        // clean start off and a session that outlives a restart: the broker keeps the
+        // backlog while talo is down
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(u32::MAX))
+            .set_manual_acks(true)
+            .set_max_packet_size(Some(2 << 20));
+        if let Some((u, p)) = &broker.credentials {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+        let (c, el) = rumqttc::v5::AsyncClient::new(opts, 1024);
+        (Client::V5(c), Conn::V5(Box::new(el)))
+    } else {
+        let mut opts = MqttOptions::new(cfg.client_id.clone(), broker.host.clone(), broker.port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(2 << 20, 2 << 20);
+        if let Some((u, p)) = &broker.credentials {
+            opts.set_credentials(u.clone(), p.clone());
+        }
+        let (c, el) = AsyncClient::new(opts, 1024);
+        (Client::V4(c), Conn::V4(Box::new(el)))
+    };
+    let (tx, rx) = mpsc::channel::<(Delivery, i64)>(cfg.max_batch * 2);
     let routes = Arc::new(cfg.routes.clone());
     let ing = Ingestor {
         engine,
@@ -117,7 +254,7 @@ pub async fn run(
     // messages wait here, not in a blocked send: QoS 1/2 messages are bounded by the
     // broker's in-flight window (it sends no more until we ack), QoS 0 ones beyond
     // `max_backlog` are dropped (at most once) and counted.
-    let mut backlog: std::collections::VecDeque<(Publish, i64)> = Default::default();
+    let mut backlog: std::collections::VecDeque<(Delivery, i64)> = Default::default();
     let max_backlog = cfg.max_batch * 8;
     loop {
         let ev = tokio::select! {
@@ -136,33 +273,28 @@ pub async fn run(
             ev = eventloop.poll() => ev,
         };
         match ev {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+            Polled::ConnAck { session_present } => {
                 backoff = Duration::from_millis(100);
                 metrics.connects.fetch_add(1, Ordering::Relaxed);
                 metrics.connections.store(1, Ordering::Relaxed);
-                tracing::info!(session_present = ack.session_present, host = %broker.host, "connected to the MQTT broker");
-                if !ack.session_present {
+                tracing::info!(session_present, host = %broker.host, protocol = cfg.protocol, "connected to the MQTT broker");
+                if !session_present {
                     for r in routes.iter() {
-                        let qos = if r.qos == 0 {
-                            QoS::AtMostOnce
-                        } else {
-                            QoS::AtLeastOnce
-                        };
-                        if let Err(e) = client.try_subscribe(r.filter.clone(), qos) {
+                        if let Err(e) = client.try_subscribe(&r.filter, r.qos != 0) {
                             tracing::error!(error = %e, filter = %r.filter, "subscribe failed");
                         }
                     }
                 }
             }
-            Ok(Event::Incoming(Incoming::Publish(p))) => {
-                if p.qos == QoS::AtMostOnce && backlog.len() >= max_backlog {
+            Polled::Publish(p) => {
+                if p.at_most_once() && backlog.len() >= max_backlog {
                     metrics.dropped_qos0.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 backlog.push_back((p, arrival_ns()));
             }
-            Ok(_) => {}
-            Err(e) => {
+            Polled::Other => {}
+            Polled::Lost(e) => {
                 metrics.connections.store(0, Ordering::Relaxed);
                 tracing::warn!(error = %e, "MQTT connection lost; reconnecting in {backoff:?}");
                 let jitter = Duration::from_millis(
@@ -187,8 +319,8 @@ pub async fn run(
 }
 
 async fn batcher(
-    mut rx: mpsc::Receiver<(Publish, i64)>,
-    client: AsyncClient,
+    mut rx: mpsc::Receiver<(Delivery, i64)>,
+    client: Client,
     ing: Ingestor,
     max_batch: usize,
     cancel: CancellationToken,
@@ -217,7 +349,7 @@ async fn batcher(
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
         for (p, received) in &msgs {
-            if p.qos != QoS::AtMostOnce {
+            if !p.at_most_once() {
                 match client.ack(p).await {
                     Ok(()) => {
                         ing.metrics.acks.fetch_add(1, Ordering::Relaxed);
@@ -235,10 +367,10 @@ async fn batcher(
 }
 
 /// Decode a batch of messages and wait until their rows are durable.
-async fn commit(msgs: &[(Publish, i64)], ing: &Ingestor) -> Result<(), talo_engine::Error> {
+async fn commit(msgs: &[(Delivery, i64)], ing: &Ingestor) -> Result<(), talo_engine::Error> {
     let mut pending = Pending::default();
     for (p, arrival) in msgs {
-        pending.add(ing, &p.topic, p.payload.clone(), *arrival, &|_| true)?;
+        pending.add(ing, &p.topic(), p.payload(), *arrival, &|_| true)?;
     }
     pending.submit(ing)?.wait(ing).await
 }
