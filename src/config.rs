@@ -118,6 +118,11 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_MQTT_URL")]
     pub(crate) mqtt_url: Option<String>,
 
+    /// PEM file of the CA that signed the broker's certificate, for `mqtts://` URLs
+    /// (default: the system's trusted roots).
+    #[arg(long, env = "TALO_MQTT_CA_FILE")]
+    pub(crate) mqtt_ca_file: Option<PathBuf>,
+
     /// MQTT version spoken to the external broker: `3.1.1` (or `4`) or `5`.
     #[arg(long, env = "TALO_MQTT_PROTOCOL", default_value = "3.1.1", value_parser = ["3.1.1", "4", "5"])]
     pub(crate) mqtt_protocol: String,
@@ -291,6 +296,7 @@ const KNOWN_KEYS: &[&str] = &[
     "TALO_MQTT_CLIENT_ID",
     "TALO_MQTT_LISTEN",
     "TALO_MQTT_PROTOCOL",
+    "TALO_MQTT_CA_FILE",
     "TALO_COMPACTION_INTERVAL",
     "TALO_COMPACTION_MIN_FILES",
     "TALO_COMPACTION_TARGET_MB",

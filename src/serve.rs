@@ -54,6 +54,7 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
             routes: routes.as_ref().clone(),
             max_batch: 2000,
             protocol: if args.mqtt_protocol == "5" { 5 } else { 4 },
+            ca_file: args.mqtt_ca_file.clone(),
         });
     if let Some(m) = &mqtt {
         talo_ingest::mqtt::validate(m).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -370,3 +370,117 @@ fn shared_subscription_splits_the_stream_between_two_instances() {
     all.dedup();
     assert_eq!(all.len(), 20_000, "no message stored by both");
 }
+
+fn sh(dir: &std::path::Path, cmd: &str) {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+/// `mqtts://user:pass@host` to a Mosquitto that only accepts TLS with a password: talo
+/// trusts the CA given with `--mqtt-ca-file`, logs in, and stores what is published.
+#[test]
+fn tls_and_password_to_mosquitto() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // a CA and a server certificate for 127.0.0.1, made with the openssl CLI
+    sh(
+        d,
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=talo-test-ca",
+    );
+    sh(
+        d,
+        "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1",
+    );
+    sh(
+        d,
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf",
+    );
+    sh(
+        d,
+        "mosquitto_passwd -b -c passwd talo 's3cret:pass' && chmod 0600 passwd",
+    );
+    let port = free_port();
+    // SAFETY: geteuid(2) has no preconditions.
+    let as_root = if unsafe { libc::geteuid() } == 0 {
+        "user root\n"
+    } else {
+        ""
+    };
+    std::fs::write(
+        d.join("m.conf"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {0}/passwd\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n{as_root}",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let mut broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(d.join("m.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let cfg = d.join("talo.toml");
+    std::fs::write(&cfg, ROUTE).unwrap();
+    let url = format!("mqtts://talo:s3cret:pass@127.0.0.1:{port}");
+    let ca = d.join("ca.pem");
+    let talo = Talo::start_ready(
+        &d.join("data"),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--mqtt-url",
+            &url,
+            "--mqtt-ca-file",
+            ca.to_str().unwrap(),
+            "--mqtt-client-id",
+            "talo-tls",
+            "--mqtt-listen",
+            "off",
+        ],
+    );
+    let pub_tls = |msg: &str| {
+        let st = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args([
+                "--cafile",
+                ca.to_str().unwrap(),
+                "-u",
+                "talo",
+                "-P",
+                "s3cret:pass",
+            ])
+            .args(["-t", "building/b9/lab/env", "-m", msg])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count(&talo, "house", "SELECT count(*) AS n FROM env").is_none() {
+        assert!(Instant::now() < deadline, "nothing arrived over TLS");
+        pub_tls(r#"{"temperature": 1.5}"#);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pub_tls(r#"{"temperature": 99.5, "ts": 1764028800000}"#);
+    wait_count(
+        &talo,
+        "house",
+        "SELECT count(*) AS n FROM env WHERE room = 'lab' AND temperature = 99.5",
+        1,
+    );
+    let _ = broker.kill();
+    let _ = broker.wait();
+}

@@ -34,6 +34,47 @@ pub struct MqttConfig {
     pub max_batch: usize,
     /// MQTT protocol version: 4 (3.1.1) or 5.
     pub protocol: u8,
+    /// PEM file of the CA that signed the broker's certificate (`mqtts://`); without it
+    /// the system's trusted roots are used.
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+/// The TLS client configuration for `mqtts://` (rustls with the ring provider).
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rumqttc::Transport, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("reading the MQTT CA file {}: {e}", path.display()))?;
+            for c in certs {
+                let c = c.map_err(|e| format!("MQTT CA file {}: {e}", path.display()))?;
+                roots
+                    .add(c)
+                    .map_err(|e| format!("MQTT CA file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted CA certificate for mqtts:// (give --mqtt-ca-file)".into());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)),
+    ))
 }
 
 /// A client of either protocol version.
@@ -151,13 +192,22 @@ struct Broker {
     host: String,
     port: u16,
     credentials: Option<(String, String)>,
+    tls: bool,
 }
 
 fn parse_url(url: &str) -> Result<Broker, String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("MQTT URL {url:?} must start with mqtt://"))?;
+    let (tls, rest) = if let Some(r) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        (true, r)
+    } else {
+        let r = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("MQTT URL {url:?} must start with mqtt:// or mqtts://"))?;
+        (false, r)
+    };
     let rest = rest.trim_end_matches('/');
     let (creds, hostport) = match rest.rsplit_once('@') {
         Some((c, h)) => (Some(c), h),
@@ -172,7 +222,7 @@ fn parse_url(url: &str) -> Result<Broker, String> {
             h.to_string(),
             p.parse().map_err(|_| format!("bad port in {url:?}"))?,
         ),
-        None => (hostport.to_string(), 1883),
+        None => (hostport.to_string(), if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() {
         return Err(format!("MQTT URL {url:?} has no host"));
@@ -181,6 +231,7 @@ fn parse_url(url: &str) -> Result<Broker, String> {
         host,
         port,
         credentials,
+        tls,
     })
 }
 
@@ -189,6 +240,12 @@ pub fn validate(cfg: &MqttConfig) -> Result<(), String> {
     parse_url(&cfg.url)?;
     if cfg.client_id.is_empty() || cfg.client_id.len() > 23 * 4 {
         return Err("MQTT client id must be 1..=92 characters".into());
+    }
+    let broker = parse_url(&cfg.url)?;
+    if broker.tls {
+        tls_config(cfg.ca_file.as_deref())?;
+    } else if cfg.ca_file.is_some() {
+        return Err("--mqtt-ca-file needs an mqtts:// URL".into());
     }
     if cfg.protocol != 4 && cfg.protocol != 5 {
         return Err(format!(
@@ -207,6 +264,11 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), String> {
     let broker = parse_url(&cfg.url)?;
+    let transport = if broker.tls {
+        Some(tls_config(cfg.ca_file.as_deref())?)
+    } else {
+        None
+    };
     let (client, mut eventloop) = if cfg.protocol == 5 {
         let mut opts =
             rumqttc::v5::MqttOptions::new(cfg.client_id.clone(), broker.host.clone(), broker.port);
@@ -220,6 +282,9 @@ pub async fn run(
         if let Some((u, p)) = &broker.credentials {
             opts.set_credentials(u.clone(), p.clone());
         }
+        if let Some(t) = transport {
+            opts.set_transport(t);
+        }
         let (c, el) = rumqttc::v5::AsyncClient::new(opts, 1024);
         (Client::V5(c), Conn::V5(Box::new(el)))
     } else {
@@ -230,6 +295,9 @@ pub async fn run(
             .set_max_packet_size(2 << 20, 2 << 20);
         if let Some((u, p)) = &broker.credentials {
             opts.set_credentials(u.clone(), p.clone());
+        }
+        if let Some(t) = transport {
+            opts.set_transport(t);
         }
         let (c, el) = AsyncClient::new(opts, 1024);
         (Client::V4(c), Conn::V4(Box::new(el)))
@@ -386,6 +454,9 @@ mod tests {
         assert_eq!(b.credentials, Some(("user".into(), "pa:ss".into())));
         let b = parse_url("mqtt://127.0.0.1").unwrap();
         assert_eq!(b.port, 1883);
+        assert!(!b.tls);
+        let b = parse_url("mqtts://broker").unwrap();
+        assert_eq!((b.port, b.tls), (8883, true));
         assert!(b.credentials.is_none());
         for bad in ["http://x", "mqtt://", "mqtt://h:port"] {
             assert!(parse_url(bad).is_err(), "{bad}");
