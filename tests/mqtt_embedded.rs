@@ -75,6 +75,16 @@ impl Raw {
         }
     }
 
+    /// The next packets are PUBACKs for `ids`, in that order.
+    fn expect_pubacks(&mut self, ids: &[u16]) {
+        for &want in ids {
+            match self.recv() {
+                Some(Packet::PubAck(a)) => assert_eq!(a.pkid, want),
+                other => panic!("expected PUBACK {want}, got {other:?}"),
+            }
+        }
+    }
+
     fn publish(&mut self, topic: &str, qos: QoS, pkid: u16, payload: &[u8]) {
         let mut p = Publish::new(topic, qos, payload.to_vec());
         p.pkid = pkid;
@@ -186,12 +196,7 @@ fn protocol_edges_and_hostile_input() {
         11,
         br#"{"temperature": 21.5, "ts": 1764028800000}"#,
     );
-    for want in [10, 11] {
-        match r.recv() {
-            Some(Packet::PubAck(a)) => assert_eq!(a.pkid, want),
-            other => panic!("{other:?}"),
-        }
-    }
+    r.expect_pubacks(&[10, 11]);
     assert_eq!(
         count(
             &talo,
@@ -259,12 +264,7 @@ fn protocol_edges_and_hostile_input() {
         32,
         br#"{"temperature": 19.0}"#,
     );
-    for want in [30, 31, 32] {
-        match r.recv() {
-            Some(Packet::PubAck(a)) => assert_eq!(a.pkid, want),
-            other => panic!("{other:?}"),
-        }
-    }
+    r.expect_pubacks(&[30, 31, 32]);
     assert_eq!(
         count(
             &talo,
@@ -401,12 +401,7 @@ fn tokens_scope_devices_to_databases() {
         2,
         br#"{"temperature": 20}"#,
     );
-    for want in [1, 2] {
-        match r.recv() {
-            Some(Packet::PubAck(a)) => assert_eq!(a.pkid, want),
-            other => panic!("{other:?}"),
-        }
-    }
+    r.expect_pubacks(&[1, 2]);
     let auth = "Bearer house-reader-token-0123";
     let q = |db: &str, sql: &str| {
         let url = format!(

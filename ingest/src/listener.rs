@@ -421,6 +421,18 @@ fn oversized_head(buf: &[u8]) -> Result<Option<OversizedHead>, String> {
     }))
 }
 
+/// The acknowledgement a publish is owed once committed (QoS 2 ids wait for PUBREL).
+fn owe_ack(qos: QoS, pkid: u16, acks: &mut Vec<Reply>, awaiting_rel: &mut HashSet<u16>) {
+    match qos {
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => acks.push(Reply::PubAck(pkid)),
+        QoS::ExactlyOnce => {
+            awaiting_rel.insert(pkid);
+            acks.push(Reply::PubRec(pkid));
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn read_loop(
     rd: &mut OwnedReadHalf,
@@ -473,14 +485,7 @@ async fn read_loop(
                         end = Some(End::Abnormal(format!("cannot store: {e}")));
                         break;
                     }
-                    match p.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => acks.push(Reply::PubAck(p.pkid)),
-                        QoS::ExactlyOnce => {
-                            awaiting_rel.insert(p.pkid);
-                            acks.push(Reply::PubRec(p.pkid));
-                        }
-                    }
+                    owe_ack(p.qos, p.pkid, &mut acks, &mut awaiting_rel);
                 }
                 Ok(Packet::PubRel(r)) => {
                     awaiting_rel.remove(&r.pkid);
@@ -525,14 +530,7 @@ async fn read_loop(
                                 end = Some(End::Abnormal(format!("cannot store: {e}")));
                                 break;
                             }
-                            match qos {
-                                QoS::AtMostOnce => {}
-                                QoS::AtLeastOnce => acks.push(Reply::PubAck(pkid)),
-                                QoS::ExactlyOnce => {
-                                    awaiting_rel.insert(pkid);
-                                    acks.push(Reply::PubRec(pkid));
-                                }
-                            }
+                            owe_ack(qos, pkid, &mut acks, &mut awaiting_rel);
                             skip = Some(Skip { left: hdr + len });
                         }
                         Ok(None) => break, // need the topic first
