@@ -254,6 +254,41 @@ pub(crate) struct FileSections {
     pub(crate) tokens: Vec<talo_query::TokenConfig>,
     #[serde(default)]
     pub(crate) mqtt: MqttSection,
+    /// `[databases.<db>]`: retention, `[databases.<db>.tables.<t>]`: overrides.
+    #[serde(default)]
+    pub(crate) databases: std::collections::BTreeMap<String, DatabaseSection>,
+}
+
+/// `[databases.<db>]` of the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DatabaseSection {
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(crate) retention: Option<Duration>,
+    #[serde(default)]
+    pub(crate) tables: std::collections::BTreeMap<String, TableSection>,
+}
+
+/// `[databases.<db>.tables.<t>]` of the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TableSection {
+    #[serde(default, with = "humantime_serde_opt")]
+    pub(crate) retention: Option<Duration>,
+}
+
+/// `"30d"`-style durations in the config file.
+mod humantime_serde_opt {
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let s = Option::<String>::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// `[mqtt]` of the config file.
@@ -275,7 +310,7 @@ pub(crate) fn load_sections(path: Option<&std::path::Path>) -> anyhow::Result<Fi
 }
 
 /// Section names allowed at the top level of the config file besides flag keys.
-const SECTIONS: &[&str] = &["tokens", "mqtt"];
+const SECTIONS: &[&str] = &["tokens", "mqtt", "databases"];
 
 const KNOWN_KEYS: &[&str] = &[
     "TALO_DATA_DIR",

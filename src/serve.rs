@@ -148,6 +148,21 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
         segments = report.segments,
         "ready"
     );
+    // retention from the config file (it wins over runtime changes at each start)
+    for (db, d) in &sections.databases {
+        if let Some(keep) = d.retention {
+            engine
+                .set_retention(db, None, Some(keep))
+                .with_context(|| format!("[databases.{db}] retention"))?;
+        }
+        for (t, ts) in &d.tables {
+            if let Some(keep) = ts.retention {
+                engine
+                    .set_retention(db, Some(t), Some(keep))
+                    .with_context(|| format!("[databases.{db}.tables.{t}] retention"))?;
+            }
+        }
+    }
     state.set_engine(Arc::clone(&engine));
 
     let mqtt_cancel = CancellationToken::new();

@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub generations: Vec<Arc<Generation>>,
     /// Published segments.
     pub segments: Arc<Vec<Arc<SegmentMeta>>>,
+    /// How long each database and table keeps its rows.
+    pub retention: Arc<crate::retention::RetentionRules>,
 }
 
 /// What a reader gets for one table.

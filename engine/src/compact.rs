@@ -86,11 +86,13 @@ pub(crate) struct Compactor {
 
 impl Compactor {
     pub(crate) fn run(mut self, rx: Receiver<CompactRequest>) {
+        // retention is checked at least every minute, compaction or not
         let wait = self
             .cfg
             .compaction
             .interval
-            .unwrap_or(Duration::from_secs(3600));
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60));
         loop {
             let req = match rx.recv_timeout(wait) {
                 Ok(CompactRequest::Stop) | Err(RecvTimeoutError::Disconnected) => break,
@@ -99,6 +101,9 @@ impl Compactor {
             };
             if self.halt.load(Ordering::Acquire) {
                 break;
+            }
+            if let Err(e) = self.drop_expired() {
+                tracing::error!(error = %e, "dropping expired segments failed; will retry");
             }
             if req.is_none() && self.cfg.compaction.interval.is_none() {
                 self.bury();
@@ -134,6 +139,56 @@ impl Compactor {
                 }
             }
         });
+    }
+
+    /// Remove segments whose newest row is past its table's retention (manifest, then
+    /// snapshot; the files follow once no query holds them). Returns how many.
+    fn drop_expired(&mut self) -> Result<usize> {
+        let snap = self.state.load_full();
+        let now = crate::retention::now_ns();
+        let expired: std::collections::HashSet<u64> = snap
+            .segments
+            .iter()
+            .filter(|s| {
+                snap.retention
+                    .cutoff(&s.db, &s.table, now)
+                    .is_some_and(|cut| s.max_time < cut)
+            })
+            .map(|s| s.id)
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        let mut m = self.manifest.lock().map_err(|_| poisoned())?;
+        let mut next = m.clone();
+        next.segments.retain(|s| !expired.contains(&s.id));
+        next.save(&self.cfg.data_dir)?;
+        *m = next;
+        self.state.rcu(|old| Snapshot {
+            catalog: Arc::clone(&old.catalog),
+            generations: old.generations.clone(),
+            segments: Arc::new(
+                old.segments
+                    .iter()
+                    .filter(|s| !expired.contains(&s.id))
+                    .cloned()
+                    .collect(),
+            ),
+            retention: Arc::clone(&old.retention),
+        });
+        drop(m);
+        self.graveyard.extend(
+            snap.segments
+                .iter()
+                .filter(|s| expired.contains(&s.id))
+                .cloned(),
+        );
+        inc(&self.metrics.segments_expired, expired.len() as u64);
+        tracing::info!(
+            segments = expired.len(),
+            "dropped segments past their retention"
+        );
+        Ok(expired.len())
     }
 
     /// Merge runs until none qualifies.
@@ -283,6 +338,7 @@ impl Compactor {
                     catalog: Arc::clone(&old.catalog),
                     generations: old.generations.clone(),
                     segments: Arc::new(segments),
+                    retention: Arc::clone(&old.retention),
                 }
             });
         }

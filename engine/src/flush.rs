@@ -203,6 +203,7 @@ impl Flusher {
                     .cloned()
                     .collect(),
                 segments: Arc::new(segments),
+                retention: Arc::clone(&old.retention),
             }
         });
         drop(guard);

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod reader;
 mod recovery;
+pub mod retention;
 pub mod segment;
 pub mod wal;
 mod writer;
@@ -60,6 +61,8 @@ pub struct Engine {
     state: Arc<ArcSwap<Snapshot>>,
     sender: Sender<Command>,
     compact_tx: Sender<compact::CompactRequest>,
+    /// Serializes retention changes (read, modify, persist, publish).
+    retention_lock: Mutex<()>,
     metrics: Arc<EngineMetrics>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     halt: Arc<AtomicBool>,
@@ -182,6 +185,39 @@ impl Engine {
             .send(Command::Flush(tx))
             .map_err(|_| Error::ShuttingDown)?;
         rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Keep the rows of `db` (or of `db.table`, overriding the database) for `keep`;
+    /// `None` removes the rule. Persisted, and visible to queries at once: rows past the
+    /// retention disappear from results now, their files at the next compaction pass.
+    pub fn set_retention(
+        &self,
+        db: &str,
+        table: Option<&str>,
+        keep: Option<std::time::Duration>,
+    ) -> Result<()> {
+        model::validate_db_name(db)?;
+        if let Some(t) = table {
+            model::validate_table_name(t)?;
+        }
+        if keep.is_some_and(|k| k.as_secs() == 0) {
+            return Err(Error::Config(
+                "retention must be at least one second".into(),
+            ));
+        }
+        let _guard = self
+            .retention_lock
+            .lock()
+            .map_err(|_| Error::Internal("retention lock poisoned".into()))?;
+        let next = Arc::new(self.state.load().retention.with(db, table, keep));
+        next.save(&self.config.data_dir)?;
+        self.state.rcu(|old| Snapshot {
+            catalog: Arc::clone(&old.catalog),
+            generations: old.generations.clone(),
+            segments: Arc::clone(&old.segments),
+            retention: Arc::clone(&next),
+        });
+        Ok(())
     }
 
     /// Run compaction now until no partition qualifies; returns the number of merges.

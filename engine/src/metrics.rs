@@ -62,6 +62,8 @@ pub struct EngineMetrics {
     pub compactions: AtomicU64,
     pub compacted_segments: AtomicU64,
     pub compaction_errors: AtomicU64,
+    /// Segments deleted because their rows passed the retention.
+    pub segments_expired: AtomicU64,
 }
 
 /// Add one to a counter.

@@ -120,6 +120,7 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         catalog: Arc::new(catalog.clone()),
         generations: Vec::new(),
         segments: Arc::new(manifest.segments.iter().cloned().map(Arc::new).collect()),
+        retention: Arc::new(crate::retention::RetentionRules::load(&dir)?),
     }));
 
     // WAL: drop what the manifest covers, replay the rest in order
@@ -238,6 +239,7 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         state,
         sender: tx,
         compact_tx,
+        retention_lock: Mutex::new(()),
         metrics,
         threads: Mutex::new(threads),
         halt,

@@ -411,6 +411,7 @@ impl Writer {
                 catalog: Arc::clone(&catalog),
                 generations,
                 segments: Arc::clone(&old.segments),
+                retention: Arc::clone(&old.retention),
             }
         });
     }

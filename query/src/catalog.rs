@@ -119,7 +119,26 @@ impl SchemaProvider for DbSchema {
         let Some(t) = self.snapshot.table(&self.db, name) else {
             return Ok(None);
         };
-        Ok(Some(table_provider(t, &self.data_dir)?))
+        let provider = table_provider(t, &self.data_dir)?;
+        // rows past the retention are never returned, even before their files are gone
+        let cutoff =
+            self.snapshot
+                .retention
+                .cutoff(&self.db, name, talo_engine::retention::now_ns());
+        Ok(Some(match cutoff {
+            None => provider,
+            Some(cut) => {
+                let plan = LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?
+                    .filter(ident(talo_engine::model::TIME_COLUMN).gt_eq(lit(
+                        datafusion::common::ScalarValue::TimestampNanosecond(
+                            Some(cut),
+                            Some("UTC".into()),
+                        ),
+                    )))?
+                    .build()?;
+                Arc::new(ViewTable::new(plan, None))
+            }
+        }))
     }
 
     fn table_exist(&self, name: &str) -> bool {

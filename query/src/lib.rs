@@ -138,6 +138,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             post(|s, q, h, b| write::write(Endpoint::DbRequired, s, q, h, b)),
         )
         .route("/api/v1/databases", get(databases))
+        .route("/api/v1/databases/{db}", axum::routing::put(put_database))
         .route(
             "/api/v1/openapi.json",
             get(|| async { Json(openapi::document()) }),
@@ -180,15 +181,103 @@ async fn databases(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let who = s.config.auth.principal(&headers, None)?;
     let catalog = s.engine()?.catalog();
+    let rules = Arc::clone(&s.engine()?.snapshot().retention);
     let dbs: Vec<_> = catalog
         .database_names()
         .filter(|name| who.can(Permission::Read, name))
         .map(|name| {
             let tables = catalog.database(name).map(|d| d.tables.len()).unwrap_or(0);
-            json!({"name": name, "tables": tables})
+            let mut v = retention_json(&rules, name);
+            v["tables"] = json!(tables);
+            v
         })
         .collect();
     Ok(Json(json!({ "databases": dbs })))
+}
+
+/// `{"name", "retention", "table_retention"}` of a database (durations as text).
+fn retention_json(rules: &talo_engine::retention::RetentionRules, db: &str) -> serde_json::Value {
+    // in the largest whole unit, as it would be written in the config ("365d", "12h")
+    let fmt = |secs: u64| match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    };
+    let r = rules.databases.get(db);
+    let tables: serde_json::Map<String, serde_json::Value> = r
+        .map(|r| {
+            r.tables
+                .iter()
+                .map(|(t, s)| (t.clone(), json!(fmt(*s))))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "name": db,
+        "retention": r.and_then(|r| r.seconds).map(fmt),
+        "table_retention": tables,
+    })
+}
+
+/// `PUT /api/v1/databases/{db}` with `{"retention": "7d" | null, "tables": {"env":
+/// "30d" | null}}`: change retention at runtime (write permission on the database).
+async fn put_database(
+    State(s): State<Arc<AppState>>,
+    axum::extract::Path(db): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let who = s.config.auth.principal(&headers, None)?;
+    who.require(Permission::Write, &db)?;
+    let engine = s.engine()?;
+    talo_engine::model::validate_db_name(&db).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if body.len() > 64 * 1024 {
+        return Err(ApiError::BadRequest("settings body over 64 KiB".into()));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("expected a JSON object".into()))?;
+    let parse = |v: &serde_json::Value,
+                 what: &str|
+     -> Result<Option<std::time::Duration>, ApiError> {
+        match v {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::String(t) => humantime::parse_duration(t)
+                .map(Some)
+                .map_err(|e| ApiError::BadRequest(format!("{what}: {e} (e.g. \"30d\", \"12h\")"))),
+            _ => Err(ApiError::BadRequest(format!(
+                "{what}: a duration like \"30d\" or null"
+            ))),
+        }
+    };
+    let mut changes: Vec<(Option<String>, Option<std::time::Duration>)> = Vec::new();
+    for (k, v) in obj {
+        match k.as_str() {
+            "retention" => changes.push((None, parse(v, "retention")?)),
+            "tables" => {
+                let t = v.as_object().ok_or_else(|| {
+                    ApiError::BadRequest("tables: an object of table -> duration".into())
+                })?;
+                for (name, d) in t {
+                    changes.push((Some(name.clone()), parse(d, name)?));
+                }
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown setting {other:?} (known: retention, tables)"
+                )));
+            }
+        }
+    }
+    for (table, keep) in changes {
+        engine
+            .set_retention(&db, table.as_deref(), keep)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    Ok(Json(retention_json(&engine.snapshot().retention, &db)))
 }
 
 #[derive(Debug, Deserialize)]
