@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on Debian/Ubuntu:
-# installs what the tests need (curl, Mosquitto and its clients, Python with pyarrow,
+# installs what the tests need (curl, openssl, Mosquitto and its clients, Python with pyarrow,
 # duckdb, openapi-spec-validator and paho-mqtt in .venv),
 # then checks formatting and lints and runs every test.
 set -euo pipefail
@@ -10,6 +10,7 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+command -v openssl >/dev/null || need_apt+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
