@@ -531,7 +531,9 @@ fn device_retries_through_kill9() {
     }
     let summary = publisher.finish();
     assert_eq!(summary["acked"], 30_000, "{summary}");
-    assert!(summary["reconnects"].as_u64().unwrap() >= 2, "{summary}");
+    // at least one reconnect with resends; the second kill can come after the device
+    // already holds every acknowledgement when the machine is busy
+    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "{summary}");
     // acknowledged before the query started: no waiting needed
     assert_eq!(
         count(&talo, "house", "SELECT count(*) AS n FROM env"),
