@@ -51,7 +51,7 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
         .map(|url| talo_ingest::mqtt::MqttConfig {
             url: url.clone(),
             client_id: args.mqtt_client_id.clone(),
-            routes: routes.as_ref().clone(),
+            routes: Arc::clone(&routes),
             max_batch: 2000,
             protocol: if args.mqtt_protocol == "5" { 5 } else { 4 },
             ca_file: args.mqtt_ca_file.clone(),

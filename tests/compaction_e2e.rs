@@ -12,51 +12,6 @@ use support::*;
 const DAY_NS: i64 = 86_400_000_000_000;
 const T0: i64 = 1_764_028_800_000_000_000;
 
-fn metric(talo: &Talo, name: &str) -> Option<f64> {
-    let (_, body) = get(&talo.url("/metrics")).ok()?;
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn wait_metric(talo: &Talo, name: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(v) = metric(talo, name)
-            && ok(v)
-        {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}: {:?}",
-            metric(talo, name)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn parquet_files(dir: &std::path::Path) -> usize {
-    fn walk(p: &std::path::Path) -> usize {
-        std::fs::read_dir(p)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| {
-                        let p = e.path();
-                        if p.is_dir() {
-                            walk(&p)
-                        } else {
-                            usize::from(p.extension().is_some_and(|x| x == "parquet"))
-                        }
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-    walk(&dir.join("db"))
-}
-
 /// The query results compared before and after.
 fn answers(talo: &Talo) -> Vec<String> {
     [
@@ -164,11 +119,11 @@ fn compaction_under_kill9_keeps_answers_and_leaves_no_orphans() {
     wait_metric(&talo, "talo_segments", |v| v == 30.0);
     // old files are deleted once no query holds them: at most a pass later
     let deadline = Instant::now() + Duration::from_secs(30);
-    while parquet_files(&data) != 30 {
+    while parquet_files_under(&data.join("db")) != 30 {
         assert!(
             Instant::now() < deadline,
             "{} parquet files, 30 segments",
-            parquet_files(&data)
+            parquet_files_under(&data.join("db"))
         );
         std::thread::sleep(Duration::from_millis(20));
     }

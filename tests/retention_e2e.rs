@@ -22,23 +22,6 @@ fn put(url: &str, body: &str) -> (String, String) {
     (code.to_string(), body.to_string())
 }
 
-fn parquet_files_under(p: &std::path::Path) -> usize {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    let p = e.path();
-                    if p.is_dir() {
-                        parquet_files_under(&p)
-                    } else {
-                        usize::from(p.extension().is_some_and(|x| x == "parquet"))
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn retention_from_config_and_at_runtime() {
     let dir = tempfile::tempdir().unwrap();

@@ -29,7 +29,7 @@ pub struct MqttConfig {
     pub url: String,
     /// Fixed client id of the persistent session. Default `talo`.
     pub client_id: String,
-    pub routes: Vec<Route>,
+    pub routes: Arc<Vec<Route>>,
     /// Messages decoded and committed together. Default 2000.
     pub max_batch: usize,
     /// MQTT protocol version: 4 (3.1.1) or 5.
@@ -303,7 +303,7 @@ pub async fn run(
         (Client::V4(c), Conn::V4(Box::new(el)))
     };
     let (tx, rx) = mpsc::channel::<(Delivery, i64)>(cfg.max_batch * 2);
-    let routes = Arc::new(cfg.routes.clone());
+    let routes = Arc::clone(&cfg.routes);
     let ing = Ingestor {
         engine,
         routes: Arc::clone(&routes),

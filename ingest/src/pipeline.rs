@@ -63,10 +63,6 @@ impl Pending {
         self.kept.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.kept.len()
-    }
-
     fn builder(&mut self, ing: &Ingestor, db: &str) -> Result<usize, talo_engine::Error> {
         if let Some(i) = self.builders.iter().position(|b| b.db() == db) {
             return Ok(i);
@@ -213,7 +209,6 @@ impl Committing {
             };
             let kind = Reason::of_row_error(&r.reason);
             ing.metrics.rejected(k.route, kind);
-            ing.metrics.rows(k.route, 0);
             let bi = follow.builder(ing, db)?;
             reject(
                 &mut follow.builders[bi],

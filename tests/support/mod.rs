@@ -361,3 +361,49 @@ impl Publisher {
         v
     }
 }
+
+/// The value of one series in `/metrics` (name with its labels, e.g.
+/// `talo_mqtt_connections{source="listener"}`), `None` if absent or unreachable.
+pub fn metric(talo: &Talo, series: &str) -> Option<f64> {
+    let (_, body) = get(&talo.url("/metrics")).ok()?;
+    body.lines()
+        .find(|l| l.strip_prefix(series).is_some_and(|r| r.starts_with(' ')))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Poll [`metric`] until `ok` holds (deadline 120 s); returns the value.
+pub fn wait_metric(talo: &Talo, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(v) = metric(talo, series)
+            && ok(v)
+        {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series}: {:?}",
+            metric(talo, series)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parquet files anywhere below `dir`.
+pub fn parquet_files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        parquet_files_under(&p)
+                    } else {
+                        usize::from(p.extension().is_some_and(|x| x == "parquet"))
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
