@@ -42,6 +42,55 @@ pub(crate) struct WriteArgs {
     conn: Conn,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct ReadyArgs {
+    /// Server URL. Default: the server's own `--http-addr` (`TALO_HTTP_ADDR`, an unspecified
+    /// host such as 0.0.0.0 asked on loopback), else http://127.0.0.1:8080.
+    #[arg(long, env = "TALO_URL")]
+    url: Option<String>,
+    /// Ask /health (the process answers) instead of /ready (WAL replayed, listeners up).
+    #[arg(long)]
+    live: bool,
+    /// Give up after this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    timeout: Duration,
+}
+
+/// The URL a local probe uses for a server listening on `addr` (`host:port`).
+fn local_url(addr: &str) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "8080"));
+    let host = match host {
+        "" | "0.0.0.0" | "[::]" | "::" => "127.0.0.1",
+        h => h,
+    };
+    format!("http://{host}:{port}")
+}
+
+pub(crate) fn ready(a: ReadyArgs) -> anyhow::Result<()> {
+    let base = a.url.unwrap_or_else(|| {
+        std::env::var("TALO_HTTP_ADDR")
+            .map(|addr| local_url(&addr))
+            .unwrap_or_else(|_| "http://127.0.0.1:8080".into())
+    });
+    let path = if a.live { "health" } else { "ready" };
+    let url = format!("{}/{path}", base.trim_end_matches('/'));
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(a.timeout))
+        .build()
+        .into();
+    let mut resp = agent
+        .get(&url)
+        .call()
+        .with_context(|| format!("connecting to {url}"))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let body = resp.body_mut().read_to_vec().unwrap_or_default();
+        bail!("{url}: {}", error_text(status, &body));
+    }
+    Ok(())
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -133,5 +182,18 @@ pub(crate) fn write(a: WriteArgs) -> anyhow::Result<()> {
             bail!("{}", error_text(status, &answer))
         }
         _ => bail!("{}", error_text(status, &answer)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_url;
+
+    #[test]
+    fn probe_url_asks_loopback_for_unspecified_hosts() {
+        assert_eq!(local_url("0.0.0.0:8080"), "http://127.0.0.1:8080");
+        assert_eq!(local_url("[::]:9000"), "http://127.0.0.1:9000");
+        assert_eq!(local_url("10.0.0.5:80"), "http://10.0.0.5:80");
+        assert_eq!(local_url(":8081"), "http://127.0.0.1:8081");
     }
 }

@@ -29,6 +29,9 @@ pub(crate) enum Command {
     Query(crate::client::QueryArgs),
     /// Send line protocol from a file (or `-` for standard input) to a talo server.
     Write(crate::client::WriteArgs),
+    /// Exit 0 when a local talo server answers /ready (or /health with --live), 1 otherwise:
+    /// the container healthcheck, without curl in the image.
+    Ready(crate::client::ReadyArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -146,6 +149,10 @@ pub(crate) struct ServeArgs {
     /// Threads of the query runtime (separate from ingestion); 0 = number of CPUs.
     #[arg(long, env = "TALO_QUERY_THREADS", default_value_t = 0)]
     pub(crate) query_threads: usize,
+
+    /// How often rollups (`[[databases.<db>.rollups]]`) catch up with new writes.
+    #[arg(long, env = "TALO_ROLLUP_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    pub(crate) rollup_interval: Duration,
 
     /// Maximum time to finish in-flight work and flush on SIGTERM before exiting.
     #[arg(long, env = "TALO_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
@@ -267,6 +274,50 @@ pub(crate) struct DatabaseSection {
     pub(crate) retention: Option<Duration>,
     #[serde(default)]
     pub(crate) tables: std::collections::BTreeMap<String, TableSection>,
+    /// `[[databases.<db>.rollups]]`
+    #[serde(default)]
+    pub(crate) rollups: Vec<RollupSection>,
+}
+
+/// `[[databases.<db>.rollups]]` of the config file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RollupSection {
+    pub(crate) source: String,
+    pub(crate) table: String,
+    pub(crate) interval: String,
+    pub(crate) aggregates: Vec<String>,
+}
+
+impl FileSections {
+    /// The rollup rules of every database, checked.
+    pub(crate) fn rollup_rules(&self) -> anyhow::Result<Vec<talo_query::rollup::RollupRule>> {
+        let mut rules = Vec::new();
+        for (db, d) in &self.databases {
+            for r in &d.rollups {
+                let what = format!("[[databases.{db}.rollups]] table {:?}", r.table);
+                let interval = humantime::parse_duration(&r.interval)
+                    .with_context(|| format!("{what}: interval"))?;
+                let aggregates = r
+                    .aggregates
+                    .iter()
+                    .map(|a| talo_query::rollup::Aggregate::parse(a))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+                rules.push(talo_query::rollup::RollupRule {
+                    db: db.clone(),
+                    source: r.source.clone(),
+                    table: r.table.clone(),
+                    interval,
+                    aggregates,
+                });
+            }
+        }
+        for r in &rules {
+            r.validate(&rules).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        Ok(rules)
+    }
 }
 
 /// `[databases.<db>.tables.<t>]` of the config file.
@@ -338,4 +389,5 @@ const KNOWN_KEYS: &[&str] = &[
     "TALO_COMPACTION_MAX_ROWS",
     "TALO_MQTT_MAX_PACKET_KB",
     "TALO_MQTT_MAX_CONNECTIONS",
+    "TALO_ROLLUP_INTERVAL",
 ];

@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
         config::Command::Serve(args) => serve::run(*args),
         config::Command::Query(args) => client::query(args),
         config::Command::Write(args) => client::write(args),
+        config::Command::Ready(args) => client::ready(args),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

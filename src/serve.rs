@@ -37,11 +37,16 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("talo-io")
         .build()
         .context("starting the runtime")?;
-    rt.block_on(serve(args, engine_config))
+    let res = rt.block_on(serve(args, engine_config));
+    // a final flush still running past the deadline is abandoned like a crash would be:
+    // the WAL keeps its rows; don't let the runtime wait for it
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    res
 }
 
 async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> anyhow::Result<()> {
     let sections = crate::config::load_sections(args.config.as_deref())?;
+    let rollup_rules = sections.rollup_rules()?;
     let routes = talo_ingest::routes::build_routes(&sections.mqtt.routes)
         .map_err(|e| anyhow::anyhow!("invalid [[mqtt.routes]]: {e}"))?;
     let routes = Arc::new(routes);
@@ -165,6 +170,22 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
     }
     state.set_engine(Arc::clone(&engine));
 
+    let rollup_cancel = CancellationToken::new();
+    let rollup_task = (!rollup_rules.is_empty()).then(|| {
+        tracing::info!(rules = rollup_rules.len(), "maintaining rollups");
+        let metrics = Arc::new(talo_query::rollup::RollupMetrics::default());
+        let shown = Arc::clone(&metrics);
+        state.add_metrics(Arc::new(move |out: &mut String| shown.render(out)));
+        tokio::spawn(talo_query::rollup::run(
+            Arc::clone(&engine),
+            rollup_rules,
+            args.query_config(),
+            args.rollup_interval,
+            metrics,
+            rollup_cancel.clone(),
+        ))
+    });
+
     let mqtt_cancel = CancellationToken::new();
     let mqtt_task = mqtt.map(|m| {
         tracing::info!(filters = m.routes.len(), "subscribing to the MQTT broker");
@@ -208,29 +229,38 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
     });
 
     cancel.cancelled().await;
+    // one deadline for the whole shutdown, so a container stop is bounded by
+    // --shutdown-timeout however the time splits between the steps
+    let deadline = tokio::time::Instant::now() + args.shutdown_timeout;
     // stop taking messages first: what is not acknowledged stays with the broker (or
     // the device), what is committed gets its acknowledgement
     mqtt_cancel.cancel();
     if let Some(t) = listener_task
-        && tokio::time::timeout(args.shutdown_timeout, t)
-            .await
-            .is_err()
+        && tokio::time::timeout_at(deadline, t).await.is_err()
     {
         tracing::warn!("MQTT connections did not finish in time");
     }
     if let Some(t) = mqtt_task
-        && let Ok(Ok(Err(e))) = tokio::time::timeout(args.shutdown_timeout, t).await
+        && let Ok(Ok(Err(e))) = tokio::time::timeout_at(deadline, t).await
     {
         tracing::error!(error = %e, "MQTT subscriber stopped with an error");
     }
+    // a rollup pass in progress finishes its write; what it did not settle is recomputed
+    // after the restart (dirty ranges survive through the WAL and dirty.json)
+    rollup_cancel.cancel();
+    if let Some(t) = rollup_task
+        && tokio::time::timeout_at(deadline, t).await.is_err()
+    {
+        tracing::warn!("the rollup pass did not finish in time");
+    }
     // stop accepting, finish in-flight requests
-    let drained = tokio::time::timeout(args.shutdown_timeout, server).await;
+    let drained = tokio::time::timeout_at(deadline, server).await;
     if drained.is_err() {
         tracing::warn!("in-flight requests did not finish in time");
     }
     let flush_engine = Arc::clone(&engine);
-    let flushed = tokio::time::timeout(
-        args.shutdown_timeout,
+    let flushed = tokio::time::timeout_at(
+        deadline,
         tokio::task::spawn_blocking(move || flush_engine.shutdown()),
     )
     .await;

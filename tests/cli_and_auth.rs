@@ -155,15 +155,21 @@ fn tokens_from_config_file_and_cli_clients() {
 }
 
 /// `--data-dir data` (relative, no `./`) works: the parent of the directory is the
-/// working directory, which must be fsynced like any other.
+/// working directory, which must be fsynced like any other, and queries find the flushed
+/// segments (they were once looked up at `/data/...`, relative to the root).
 #[test]
 fn relative_data_dir() {
     let cwd = tempfile::tempdir().unwrap();
-    let talo = Talo::start_in(Some(cwd.path()), std::path::Path::new("data"), &[]);
+    let talo = Talo::start_in(
+        Some(cwd.path()),
+        std::path::Path::new("data"),
+        &["--flush-interval", "50ms"],
+    );
     talo.wait_ready(std::time::Duration::from_secs(60));
     let (status, body) = post(&talo.url("/api/v1/write?db=rel"), b"m v=1 1\n").unwrap();
     assert_eq!(status, 204, "{body}");
     assert!(cwd.path().join("data").is_dir());
+    wait_metric(&talo, "talo_flushes_total", |v| v >= 1.0);
     let (status, body) = get(&format!(
         "{}?db=rel&sql={}",
         talo.url("/api/v1/query"),

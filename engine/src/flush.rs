@@ -55,6 +55,7 @@ pub(crate) struct Flusher {
     pub done_tx: Sender<()>,
     pub halt: Arc<AtomicBool>,
     pub metrics: Arc<EngineMetrics>,
+    pub dirty: Arc<crate::dirty::DirtyRanges>,
 }
 
 /// Directory of a segment relative to the data directory.
@@ -215,6 +216,8 @@ impl Flusher {
         if fail_here("flush::before_wal_delete") {
             return Ok(());
         }
+        // the replay will no longer mark these rows' ranges: keep the unsettled ones
+        self.dirty.save(&dir)?;
         delete_wal_through(&dir.join("wal"), wal_through);
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod buffer;
 pub mod catalog;
 pub mod compact;
 pub mod config;
+pub mod dirty;
 pub mod error;
 mod flush;
 pub mod fsutil;
@@ -70,6 +71,7 @@ pub struct Engine {
     recovery: RecoveryReport,
     /// Held while open; released by shutdown/halt so the directory can be reopened.
     lock: Mutex<Option<File>>,
+    dirty: Arc<dirty::DirtyRanges>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -83,8 +85,14 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Open (or create) the data directory, recover, and start the writer and flush
     /// threads. Blocking: call it from a blocking context.
-    pub fn open(config: EngineConfig) -> Result<Arc<Self>> {
+    pub fn open(mut config: EngineConfig) -> Result<Arc<Self>> {
         config.validate()?;
+        // an absolute directory: segment paths handed to the query layer's object store are
+        // joined to it and must not depend on the working directory
+        config.data_dir = std::path::absolute(&config.data_dir).map_err(|source| Error::Io {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         recovery::open(config, WRITE_QUEUE)
     }
 
@@ -111,6 +119,11 @@ impl Engine {
     /// A row builder for database `db`, checking types against the current catalog.
     pub fn batch_builder(&self, db: &str) -> Result<BatchBuilder> {
         BatchBuilder::new(db, self.catalog())
+    }
+
+    /// Time ranges written per table that derived data (rollups) has not recomputed yet.
+    pub fn dirty(&self) -> &dirty::DirtyRanges {
+        &self.dirty
     }
 
     /// Engine counters.

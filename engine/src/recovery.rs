@@ -116,6 +116,8 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
     report.removed_leftovers += remove_leftovers(&dir, "db", &paths)?;
 
     let metrics = Arc::new(EngineMetrics::default());
+    // ranges saved before earlier WAL deletions; the replay below marks the WAL's own
+    let dirty = Arc::new(crate::dirty::DirtyRanges::load(&dir)?);
     let state = Arc::new(ArcSwap::from_pointee(Snapshot {
         catalog: Arc::new(catalog.clone()),
         generations: Vec::new(),
@@ -153,6 +155,7 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         frozen_bytes: Arc::clone(&frozen_bytes),
         halt: Arc::clone(&halt),
         metrics: Arc::clone(&metrics),
+        dirty: Arc::clone(&dirty),
     };
     for id in ids
         .into_iter()
@@ -218,6 +221,7 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         done_tx,
         halt: Arc::clone(&halt),
         metrics: Arc::clone(&metrics),
+        dirty: Arc::clone(&dirty),
     };
     let (tx, rx) = bounded(queue);
     let threads = vec![
@@ -246,5 +250,6 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         closed: AtomicBool::new(false),
         recovery: report,
         lock: Mutex::new(Some(lock)),
+        dirty,
     }))
 }

@@ -75,6 +75,7 @@ pub(crate) struct Writer {
     pub frozen_bytes: Arc<AtomicUsize>,
     pub halt: Arc<AtomicBool>,
     pub metrics: Arc<EngineMetrics>,
+    pub dirty: Arc<crate::dirty::DirtyRanges>,
 }
 
 impl Writer {
@@ -181,7 +182,11 @@ impl Writer {
                     self.metrics.wal_fsync.observe(started.elapsed());
                     inc(&self.metrics.wal_bytes, record_bytes.len() as u64);
                     let mut replies = Vec::with_capacity(pending.len());
+                    let mut touched = Vec::new();
                     for (done, prepared) in pending {
+                        for (table, _, min, max) in &prepared.tables {
+                            touched.push((prepared.db.clone(), table.clone(), *min, *max));
+                        }
                         let outcome = WriteOutcome {
                             rows_written: prepared.rows,
                             rejected: prepared.rejected.clone(),
@@ -194,6 +199,10 @@ impl Writer {
                         replies.push((done, outcome));
                     }
                     self.publish();
+                    // after the publish: whoever takes a range then sees its rows
+                    for (db, table, min, max) in touched {
+                        self.dirty.mark(&db, &table, min, max);
+                    }
                     for (done, outcome) in replies {
                         let _ = done.send(Ok(outcome));
                     }
@@ -383,6 +392,10 @@ impl Writer {
             .collect();
         let (prepared, _) = self.prepare(WriteBatch { db, tables }, Vec::new())?;
         let rows = prepared.rows;
+        // replay happens before the engine is shared: nobody takes ranges before the publish
+        for (table, _, min, max) in &prepared.tables {
+            self.dirty.mark(&prepared.db, table, *min, *max);
+        }
         self.apply(prepared)?;
         self.seq = self.seq.max(seq);
         Ok(rows)

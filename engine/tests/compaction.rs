@@ -196,6 +196,96 @@ fn only_adjacent_runs_are_merged() {
     assert_eq!(materialize(&engine), model);
 }
 
+/// One flush of `n` writes into the day starting at `day`: 80 distinct points per day, so
+/// later rounds overwrite earlier ones (a field at a time, sometimes both). Mirrors `model`.
+fn write_day(engine: &Engine, day: i64, round: i64, n: i64, model: &mut BTreeMap<Point, Fields>) {
+    let mut b = engine.batch_builder("house").unwrap();
+    for i in 0..n {
+        let k = (i * 11 + round * 7) % 80;
+        let room = format!("r{}", k % 5);
+        let time = day + (k / 5) * 60_000_000_000;
+        let temp = round as f64 * 100.0 + i as f64;
+        let fields: Vec<(&str, FieldValue<'_>)> = if (round + i) % 2 == 0 {
+            vec![("temp", FieldValue::F64(temp))]
+        } else {
+            vec![
+                ("temp", FieldValue::F64(temp)),
+                ("co2", FieldValue::I64(round * 1000 + i)),
+            ]
+        };
+        b.push_row("env", &[("room", room.as_str())], &fields, time, i as u32)
+            .unwrap();
+        let e = model.entry((room, time)).or_default();
+        e.0 = Some(temp);
+        if fields.len() == 2 {
+            e.1 = Some(round * 1000 + i);
+        }
+    }
+    engine.write_blocking(b.finish().unwrap()).unwrap();
+    engine.flush_blocking().unwrap();
+}
+
+fn segments_in(engine: &Engine, partition: i64) -> usize {
+    engine
+        .snapshot()
+        .segments
+        .iter()
+        .filter(|s| s.partition == partition)
+        .count()
+}
+
+/// Late and out-of-order data: after an old partition was compacted, writes for it keep
+/// arriving (overwrites and new points) in small flushes interleaved with current data.
+/// They are stored, win over the older values, and the next compaction merges them with
+/// the compacted segment into one file again.
+#[test]
+fn late_writes_into_a_compacted_partition_are_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 3, 1 << 30)).unwrap();
+    let mut model = BTreeMap::new();
+    let (old, current) = (T0, T0 + 30 * DAY);
+    for round in 0..4 {
+        write_day(&engine, old, round, 50, &mut model);
+    }
+    engine.compact_blocking().unwrap();
+    assert_eq!(segments_in(&engine, old), 1);
+    for round in 4..10 {
+        write_day(&engine, current, round, 50, &mut model);
+        write_day(&engine, old, round, 20, &mut model);
+    }
+    assert_eq!(
+        segments_in(&engine, old),
+        7,
+        "the compacted one + 6 late flushes"
+    );
+    assert_eq!(
+        materialize(&engine),
+        model,
+        "late values win before compaction"
+    );
+    engine.compact_blocking().unwrap();
+    assert_eq!(
+        segments_in(&engine, old),
+        1,
+        "late segments merged into the old one"
+    );
+    assert_eq!(segments_in(&engine, current), 1);
+    assert_eq!(materialize(&engine), model, "and after");
+    assert_eq!(engine.compact_blocking().unwrap(), 0);
+    // the replaced files go once nothing holds them (a pass buries what is unreferenced at
+    // that moment; a snapshot still being released waits for the next pass)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while parquet_files(dir.path()) != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} files left, want 2",
+            parquet_files(dir.path())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        engine.compact_blocking().unwrap();
+    }
+}
+
 /// A query (a snapshot) that started before the compaction keeps reading the old files.
 #[test]
 fn running_readers_keep_their_files() {

@@ -80,6 +80,11 @@ impl Principal {
         }
     }
 
+    /// talo itself (rollup maintenance): everything.
+    pub(crate) fn system() -> Self {
+        Principal::everyone()
+    }
+
     /// Whether this principal may do `p` on database `db`.
     pub fn can(&self, p: Permission, db: &str) -> bool {
         let perm = match p {

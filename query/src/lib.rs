@@ -11,6 +11,7 @@ mod error;
 pub mod executor;
 mod metrics;
 mod openapi;
+pub mod rollup;
 mod scan;
 mod sql_api;
 mod write;

@@ -2,7 +2,7 @@
 
 Publishes `--count` QoS 1 JSON messages round-robin over `--topics` topics
 `building/b<k % 7>/r<k>/env`, each `{"temperature", "seq", "ts"}` with a distinct
-millisecond time, plus a poison payload (not UTF-8, not JSON) as every `--poison-every`-th
+millisecond time (at `--rate` messages per second if given), plus a poison payload (not UTF-8, not JSON) as every `--poison-every`-th
 message. Persistent session (clean session off, fixed client id) and automatic
 reconnection: paho resends every message not yet PUBACKed after it reconnects, which is
 what a device does when the server crashes under it.
@@ -39,6 +39,9 @@ def main() -> int:
     ap.add_argument("--inflight", type=int, default=200)
     ap.add_argument("--deadline", type=float, default=240)
     ap.add_argument("--progress-file")
+    ap.add_argument(
+        "--rate", type=float, default=0, help="messages per second (0: as fast as possible)"
+    )
     a = ap.parse_args()
 
     acked = 0
@@ -77,9 +80,37 @@ def main() -> int:
         print(json.dumps({"error": "no CONNACK"}))
         return 1
 
+    finished = threading.Event()
+
+    def report_progress():
+        last = -1
+        while True:
+            done = finished.is_set()
+            with lock:
+                n = acked
+            if n != last:
+                with open(a.progress_file + ".tmp", "w") as f:
+                    f.write(str(n))
+                os.replace(a.progress_file + ".tmp", a.progress_file)
+                last = n
+            if done:
+                return
+            time.sleep(0.02)
+
+    reporter = None
+    if a.progress_file:
+        reporter = threading.Thread(target=report_progress, daemon=True)
+        reporter.start()
+
     poison = 0
     infos = []
+    began = time.monotonic()
     for i in range(a.start, a.start + a.count):
+        if a.rate > 0:
+            # a steady stream: message n leaves at n / rate seconds
+            ahead = began + (i - a.start) / a.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
         # paho's message ids are 16 bits: keep well under 65535 unacknowledged
         while len(infos) - acked > 20000:
             time.sleep(0.005)
@@ -95,18 +126,15 @@ def main() -> int:
         infos.append(c.publish(topic, payload, qos=1))
 
     deadline = time.monotonic() + a.deadline
-    last = -1
     while time.monotonic() < deadline:
         with lock:
             n = acked
-        if a.progress_file and n != last:
-            with open(a.progress_file + ".tmp", "w") as f:
-                f.write(str(n))
-            os.replace(a.progress_file + ".tmp", a.progress_file)
-            last = n
         if n >= a.count and all(info.is_published() for info in infos):
             break
         time.sleep(0.02)
+    finished.set()
+    if reporter is not None:
+        reporter.join()
     done = sum(1 for info in infos if info.is_published())
     c.disconnect()
     c.loop_stop()

@@ -269,11 +269,16 @@ fn unsafe_sigterm(pid: u32) {
     }
 }
 
-/// Poll a `SELECT ... AS n` query on `db` until it returns `want` (60 s deadline).
+/// Poll a `SELECT ... AS n` query on `db` until it returns `want` (90 s deadline).
 pub fn wait_count(talo: &Talo, db: &str, sql: &str, want: i64) {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    wait_count_at(&talo.url(""), db, sql, want, Duration::from_secs(90));
+}
+
+/// [`wait_count`] against the server at `base` (`http://host:port`) with deadline `limit`.
+pub fn wait_count_at(base: &str, db: &str, sql: &str, want: i64, limit: Duration) {
+    let deadline = Instant::now() + limit;
     loop {
-        let n = count(talo, db, sql);
+        let n = count_at(base, db, sql);
         if n == Some(want) {
             return;
         }
@@ -284,11 +289,12 @@ pub fn wait_count(talo: &Talo, db: &str, sql: &str, want: i64) {
 
 /// The `n` of a `SELECT ... AS n` query, `None` while the table does not exist.
 pub fn count(talo: &Talo, db: &str, sql: &str) -> Option<i64> {
-    let url = format!(
-        "{}?db={db}&sql={}",
-        talo.url("/api/v1/query"),
-        url_encode(sql)
-    );
+    count_at(&talo.url(""), db, sql)
+}
+
+/// [`count`] against the server at `base` (`http://host:port`).
+pub fn count_at(base: &str, db: &str, sql: &str) -> Option<i64> {
+    let url = format!("{base}/api/v1/query?db={db}&sql={}", url_encode(sql));
     let (status, body) = get(&url).ok()?;
     if status != 200 {
         return None;
