@@ -203,3 +203,24 @@ fn rollups_equal_sql_over_raw_data_through_late_writes_and_kill9() {
     );
     assert_rollups_match(&talo);
 }
+
+/// A rule added to a source that already has data — here next to a rule that has rolled it
+/// up already, so the source's changed ranges were taken and settled: the new rollup is
+/// backfilled from everything the source holds at the next start.
+#[test]
+fn a_new_rule_backfills_existing_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("talo.toml");
+    let first_rule = &CONFIG[..CONFIG.rfind("\n[[databases.house.rollups]]\n").unwrap()];
+    std::fs::write(&cfg, first_rule).unwrap();
+    let cfg_arg = cfg.to_str().unwrap().to_string();
+    let talo = Talo::start_ready(&data, &["--config", &cfg_arg, "--rollup-interval", "100ms"]);
+    write(&talo, &base_data());
+    wait_count(&talo, "house", &mismatches_5m(), 0);
+    talo.terminate(Duration::from_secs(60));
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let talo = Talo::start_ready(&data, &["--config", &cfg_arg, "--rollup-interval", "100ms"]);
+    assert_rollups_match(&talo);
+    wait_count(&talo, "house", "SELECT count(*) AS n FROM env_1h", 18);
+}

@@ -179,6 +179,26 @@ pub async fn run(
             return;
         }
     };
+    // a rule whose table does not exist yet (new, or added beside a rule that has already
+    // taken the source's ranges) starts with a backfill of everything the source holds
+    let snapshot = engine.snapshot();
+    for r in &rules {
+        if snapshot.catalog.table(&r.db, &r.table).is_some() {
+            continue;
+        }
+        if let Some((min, max)) = snapshot.table(&r.db, &r.source).and_then(|t| {
+            let times = t
+                .segments
+                .iter()
+                .map(|s| (s.min_time, s.max_time))
+                .chain(t.chunks.iter().map(|c| (c.min_time, c.max_time)));
+            times.reduce(|a, b| (a.0.min(b.0), a.1.max(b.1)))
+        }) {
+            tracing::info!(db = %r.db, table = %r.table, source = %r.source, "rollup backfill");
+            engine.dirty().mark(&r.db, &r.source, min, max);
+        }
+    }
+    drop(snapshot);
     // rules grouped by source table: one take of its ranges serves all its rollups
     let mut by_source: BTreeMap<(String, String), Vec<RollupRule>> = BTreeMap::new();
     for r in rules {
