@@ -204,16 +204,21 @@ impl Compose {
         c
     }
 
-    fn cmd(&self, args: &[&str]) -> String {
-        run(compose_command()
-            .arg("-p")
+    /// `docker-compose` for this project, its file and its ports.
+    fn command(&self) -> Command {
+        let mut c = compose_command();
+        c.arg("-p")
             .arg(&self.project)
             .arg("-f")
             .arg(repo().join("docker/compose.yaml"))
-            .args(args)
             .env("TALO_IMAGE", TALO_IMAGE)
             .env("TALO_HTTP_PORT", self.http.to_string())
-            .env("MQTT_PORT", self.mqtt.to_string()))
+            .env("MQTT_PORT", self.mqtt.to_string());
+        c
+    }
+
+    fn cmd(&self, args: &[&str]) -> String {
+        run(self.command().args(args))
     }
 
     fn base(&self) -> String {
@@ -227,13 +232,9 @@ impl Compose {
 
 impl Drop for Compose {
     fn drop(&mut self) {
-        let _ = compose_command()
-            .arg("-p")
-            .arg(&self.project)
-            .arg("-f")
-            .arg(repo().join("docker/compose.yaml"))
+        let _ = self
+            .command()
             .args(["down", "-v", "--remove-orphans", "-t", "5"])
-            .env("TALO_IMAGE", TALO_IMAGE)
             .output();
     }
 }
