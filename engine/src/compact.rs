@@ -19,18 +19,18 @@
 //! A crash before 2 leaves the output as an orphan; after 2, the inputs: startup deletes
 //! Parquet files the manifest does not name, so nothing is lost, duplicated or left.
 //!
-//! The merge holds the run in memory; `max_rows` bounds it (a larger run is merged in
-//! prefixes). A streaming k-way merge over the inputs' row groups would lift that bound;
-//! see ARCHITECTURE.md.
+//! The merge streams (`merge.rs`): memory holds about one batch of `MERGE_BATCH_ROWS`
+//! per input, and a run has at most `MAX_RUN_FILES` inputs, whatever the sizes.
+//! `max_rows` caps the rows of one merged segment. The thread runs at a lower CPU
+//! priority (nice +10) than ingestion and queries: on a busy machine it waits.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use arrow::compute::concat_batches;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
@@ -39,8 +39,14 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::flush::segment_rel_path;
 use crate::manifest::{Manifest, SegmentMeta};
+use crate::merge::{MergeStats, merge_segments};
 use crate::metrics::{EngineMetrics, inc};
-use crate::segment::{sort_dedup, write_parquet};
+use crate::segment::SegmentWriter;
+
+/// Rows read from each input at a time by the streaming merge.
+const MERGE_BATCH_ROWS: usize = 16 * 1024;
+/// Most segments merged at once (bounds the merge's memory and open files).
+const MAX_RUN_FILES: usize = 64;
 
 /// When and how much to compact.
 #[derive(Debug, Clone)]
@@ -51,7 +57,7 @@ pub struct CompactionConfig {
     pub min_files: usize,
     /// Segments at least this large are left alone. Default 256 MiB.
     pub target_bytes: u64,
-    /// Rows merged at once (memory bound). Default 8 Mi rows.
+    /// Most rows in one merged segment. Default 8 Mi rows.
     pub max_rows: u64,
 }
 
@@ -86,6 +92,7 @@ pub(crate) struct Compactor {
 
 impl Compactor {
     pub(crate) fn run(mut self, rx: Receiver<CompactRequest>) {
+        lower_priority();
         // retention is checked at least every minute, compaction or not
         let wait = self
             .cfg
@@ -223,7 +230,10 @@ impl Compactor {
             let mut rows = 0;
             for s in segs {
                 let small = s.bytes < c.target_bytes;
-                if small && (run.is_empty() || rows + s.rows <= c.max_rows) {
+                if small
+                    && (run.is_empty()
+                        || (rows + s.rows <= c.max_rows && run.len() < MAX_RUN_FILES))
+                {
                     rows += s.rows;
                     run.push(Arc::clone(s));
                     continue;
@@ -254,14 +264,6 @@ impl Compactor {
             .table(&db, &table)
             .ok_or_else(|| Error::Internal(format!("table {db}.{table} not in catalog")))?;
         let schema = def.schema();
-        let mut batches = Vec::new();
-        for s in &run {
-            batches.extend(crate::reader::read_segment(&self.cfg.data_dir, s, &schema)?);
-        }
-        let all = concat_batches(&schema, &batches)?;
-        drop(batches);
-        let merged = sort_dedup(&all)?;
-        drop(all);
         let id = {
             let mut m = self.manifest.lock().map_err(|_| poisoned())?;
             let id = m.next_segment_id;
@@ -270,24 +272,42 @@ impl Compactor {
         };
         let rel = segment_rel_path(&db, &table, partition, id);
         let path: PathBuf = self.cfg.data_dir.join(&rel);
-        let result = (|| -> Result<SegmentMeta> {
-            let bytes = write_parquet(&path, &merged, &self.cfg.segment)?;
-            let (min_time, max_time) = crate::writer::time_range(&merged)?;
-            Ok(SegmentMeta {
+        let started = Instant::now();
+        let result = (|| -> Result<Option<(SegmentMeta, MergeStats)>> {
+            let mut w = SegmentWriter::create(&path, &schema, &self.cfg.segment)?;
+            let Some(stats) = merge_segments(
+                &self.cfg.data_dir,
+                &run,
+                &schema,
+                &mut w,
+                MERGE_BATCH_ROWS,
+                &self.halt,
+            )?
+            else {
+                return Ok(None);
+            };
+            let bytes = w.finish()?;
+            let meta = SegmentMeta {
                 id,
                 db: db.clone(),
                 table: table.clone(),
                 partition,
                 path: rel.clone(),
-                min_time,
-                max_time,
-                rows: merged.num_rows() as u64,
+                min_time: stats.min_time,
+                max_time: stats.max_time,
+                rows: stats.rows_out,
                 bytes,
                 seq: Some(run.iter().map(|s| s.precedence()).max().unwrap_or(id)),
-            })
+            };
+            Ok(Some((meta, stats)))
         })();
-        let out = match result {
-            Ok(o) => o,
+        let (out, stats) = match result {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                // halted mid-merge: nothing was published
+                let _ = std::fs::remove_file(crate::fsutil::tmp_path(&path));
+                return Ok(());
+            }
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 let _ = std::fs::remove_file(crate::fsutil::tmp_path(&path));
@@ -297,6 +317,7 @@ impl Compactor {
         if self.halt.load(Ordering::Acquire) {
             return Ok(()); // a crash here leaves the output as an orphan
         }
+        let out_bytes = out.bytes;
         let input_ids: std::collections::HashSet<u64> = run.iter().map(|s| s.id).collect();
         {
             let mut m = self.manifest.lock().map_err(|_| poisoned())?;
@@ -344,11 +365,22 @@ impl Compactor {
         }
         inc(&self.metrics.compactions, 1);
         inc(&self.metrics.compacted_segments, run.len() as u64);
+        inc(&self.metrics.compaction_rows_in, stats.rows_in);
+        inc(
+            &self.metrics.compaction_bytes_in,
+            run.iter().map(|s| s.bytes).sum(),
+        );
+        inc(&self.metrics.compaction_bytes_out, out_bytes);
+        inc(
+            &self.metrics.compaction_nanos,
+            started.elapsed().as_nanos() as u64,
+        );
         tracing::debug!(
             db,
             table,
             inputs = run.len(),
-            rows = merged.num_rows(),
+            rows_in = stats.rows_in,
+            rows_out = stats.rows_out,
             "compacted"
         );
         if fail::eval("compact::before_delete", |_| ()).is_some() {
@@ -357,6 +389,20 @@ impl Compactor {
         drop(snap);
         self.graveyard.extend(run);
         Ok(())
+    }
+}
+
+/// Nice this thread (only this one: Linux keeps a nice value per thread) by 10, so a
+/// busy CPU goes to ingestion and queries first. Raising the nice value needs no
+/// privilege; failure only costs the preference.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: gettid and setpriority take plain integers and touch no memory of ours.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        if libc::setpriority(libc::PRIO_PROCESS, tid, 10) != 0 {
+            tracing::debug!("could not lower the compaction thread's priority");
+        }
     }
 }
 

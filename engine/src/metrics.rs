@@ -62,6 +62,11 @@ pub struct EngineMetrics {
     pub compactions: AtomicU64,
     pub compacted_segments: AtomicU64,
     pub compaction_errors: AtomicU64,
+    /// Rows read, bytes read and written, and time spent by compaction merges.
+    pub compaction_rows_in: AtomicU64,
+    pub compaction_bytes_in: AtomicU64,
+    pub compaction_bytes_out: AtomicU64,
+    pub compaction_nanos: AtomicU64,
     /// Segments deleted because their rows passed the retention.
     pub segments_expired: AtomicU64,
 }

@@ -14,7 +14,7 @@ use arrow::array::{
     Array, ArrayRef, DictionaryArray, StringArray, TimestampNanosecondArray, UInt32Array,
 };
 use arrow::compute::take;
-use arrow::datatypes::{DataType, Int32Type};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 use parquet::arrow::ArrowWriter;
@@ -47,7 +47,11 @@ impl Default for SegmentOptions {
 
 /// Indices of the columns that identify a point: tags (in schema order) then time.
 fn key_columns(batch: &RecordBatch) -> Vec<usize> {
-    let schema = batch.schema();
+    key_columns_of(&batch.schema())
+}
+
+/// [`key_columns`] of a schema.
+pub(crate) fn key_columns_of(schema: &SchemaRef) -> Vec<usize> {
     let mut keys: Vec<usize> = schema
         .fields()
         .iter()
@@ -198,11 +202,10 @@ fn series_ranks(batch: &RecordBatch, tag_idx: &[usize]) -> Option<Vec<u64>> {
     Some(out)
 }
 
-/// Writer properties for a batch's schema.
-fn writer_properties(batch: &RecordBatch, opts: &SegmentOptions) -> Result<WriterProperties> {
-    let schema = batch.schema();
+/// Writer properties for a segment schema.
+fn writer_properties(schema: &SchemaRef, opts: &SegmentOptions) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(opts.zstd_level)?;
-    let sorting: Vec<SortingColumn> = key_columns(batch)
+    let sorting: Vec<SortingColumn> = key_columns_of(schema)
         .into_iter()
         .map(|i| SortingColumn {
             column_idx: i as i32,
@@ -234,33 +237,71 @@ fn writer_properties(batch: &RecordBatch, opts: &SegmentOptions) -> Result<Write
 /// Write `batch` (already sorted and deduplicated) as a Parquet file published
 /// atomically at `path`. Returns the file size.
 pub fn write_parquet(path: &Path, batch: &RecordBatch, opts: &SegmentOptions) -> Result<u64> {
-    if let Some(parent) = path.parent() {
-        fsutil::create_dir_all_durably(parent)?;
+    let mut w = SegmentWriter::create(path, &batch.schema(), opts)?;
+    w.write(batch)?;
+    w.finish()
+}
+
+/// A segment written batch by batch (each sorted, deduplicated, and after the previous
+/// one in key order), published atomically by [`SegmentWriter::finish`]. Until then the
+/// rows live in a temp file that startup cleans up after a crash.
+pub(crate) struct SegmentWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<std::fs::File>,
+}
+
+impl std::fmt::Debug for SegmentWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentWriter")
+            .field("path", &self.path)
+            .finish()
     }
-    let tmp: PathBuf = fsutil::tmp_path(path);
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .at(&tmp)?;
-    let props = writer_properties(batch, opts)?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
-    writer.write(batch)?;
-    let file = writer.into_inner()?;
-    fail::fail_point!("segment::before_fsync", |_| Err(crate::Error::Io {
-        path: tmp.clone(),
-        source: std::io::Error::other("failpoint segment::before_fsync"),
-    }));
-    file.sync_all().at(&tmp)?;
-    let size = file.metadata().at(&tmp)?.len();
-    drop(file);
-    fail::fail_point!("segment::before_rename", |_| Err(crate::Error::Io {
-        path: tmp.clone(),
-        source: std::io::Error::other("failpoint segment::before_rename"),
-    }));
-    fsutil::rename_durably(&tmp, path)?;
-    Ok(size)
+}
+
+impl SegmentWriter {
+    pub(crate) fn create(path: &Path, schema: &SchemaRef, opts: &SegmentOptions) -> Result<Self> {
+        if let Some(parent) = path.parent() {
+            fsutil::create_dir_all_durably(parent)?;
+        }
+        let tmp: PathBuf = fsutil::tmp_path(path);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .at(&tmp)?;
+        let props = writer_properties(schema, opts)?;
+        let writer = ArrowWriter::try_new(file, Arc::clone(schema), Some(props))?;
+        Ok(SegmentWriter {
+            path: path.to_path_buf(),
+            tmp,
+            writer,
+        })
+    }
+
+    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        Ok(self.writer.write(batch)?)
+    }
+
+    /// Close, fsync and rename into place; returns the file size.
+    pub(crate) fn finish(self) -> Result<u64> {
+        let SegmentWriter { path, tmp, writer } = self;
+        let file = writer.into_inner()?;
+        fail::fail_point!("segment::before_fsync", |_| Err(crate::Error::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other("failpoint segment::before_fsync"),
+        }));
+        file.sync_all().at(&tmp)?;
+        let size = file.metadata().at(&tmp)?.len();
+        drop(file);
+        fail::fail_point!("segment::before_rename", |_| Err(crate::Error::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other("failpoint segment::before_rename"),
+        }));
+        fsutil::rename_durably(&tmp, &path)?;
+        Ok(size)
+    }
 }
 
 #[cfg(test)]
