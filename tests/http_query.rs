@@ -91,4 +91,42 @@ fn every_format_decodes_in_foreign_readers() {
     assert_eq!(before, after, "answers differ between buffer and segments");
     assert_eq!(before[0]["n"], 300);
     assert_eq!(before[0]["s"], (400..700).sum::<i64>());
+
+    // gap filling over the segments: every room reports every 100 s for 50 minutes; one
+    // hour of 1-minute buckets → 60 per room, the last 10 carried forward by locf,
+    // streamed as Arrow and read back by pyarrow
+    let gapfill = "SELECT date_bin_gapfill(INTERVAL '1 minute', time) AS t, room, \
+                   avg(temp) AS raw, locf(avg(temp)) AS temp FROM env \
+                   WHERE time >= '2025-11-25T00:00:00Z' AND time < '2025-11-25T01:00:00Z' \
+                   GROUP BY t, room ORDER BY room, t";
+    let file = dir.path().join("gapfill.arrow");
+    let ok = std::process::Command::new("curl")
+        .args(["-s", "-f", "-o"])
+        .arg(&file)
+        .arg(talo.url(&format!(
+            "/api/v1/query?db=house&format=arrow&sql={}",
+            url_encode(gapfill)
+        )))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let v = py_json("result.py", &["arrow", file.to_str().unwrap()]);
+    assert_eq!(v["rows"], 600, "{v}");
+    assert_eq!(
+        v["columns"],
+        serde_json::json!(["t", "room", "raw", "temp"])
+    );
+    let (s, rows) = get(&talo.url(&format!(
+        "/api/v1/query?db=house&sql={}",
+        url_encode(&format!(
+            "SELECT count(*) AS gaps, count(temp) AS carried FROM ({gapfill}) WHERE raw IS NULL"
+        ))
+    )))
+    .unwrap();
+    assert_eq!(s, 200, "{rows}");
+    let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    // 300 readings fill 300 of the 600 (room, minute) buckets; every gap after a
+    // room's first reading is carried (room r_k first reports in minute 0 or 1)
+    assert_eq!(rows[0]["gaps"], 300, "{rows}");
+    assert!(rows[0]["carried"].as_i64().unwrap() >= 290, "{rows}");
 }

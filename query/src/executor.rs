@@ -10,10 +10,12 @@ use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions::datetime::date_bin;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
 use talo_engine::Engine;
 use tokio::sync::Semaphore;
 
@@ -75,6 +77,33 @@ pub struct QueryOutput {
     pub batches: Vec<RecordBatch>,
 }
 
+/// A query result delivered batch by batch (see [`QueryExecutor::run_stream`]).
+#[derive(Debug)]
+pub struct QueryStream {
+    pub schema: SchemaRef,
+    /// The first batch (`None`: the result is empty).
+    pub first: Option<RecordBatch>,
+    rx: tokio::sync::mpsc::Receiver<Result<Streamed, QueryError>>,
+}
+
+impl QueryStream {
+    /// The next batch after `first`; an `Err` ends the stream (the query failed or
+    /// timed out), `None` is the end of the result.
+    pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
+        match self.rx.recv().await? {
+            Ok(Streamed::Batch(b)) => Some(Ok(b)),
+            Ok(Streamed::Schema(_)) => Some(Err(QueryError::Execution("schema sent twice".into()))),
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Streamed {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+}
+
 /// Runs queries on a dedicated runtime.
 #[derive(Debug)]
 pub struct QueryExecutor {
@@ -109,6 +138,73 @@ impl QueryExecutor {
     /// Queries running now.
     pub fn running(&self) -> usize {
         self.config.max_concurrent.max(1) - self.permits.available_permits()
+    }
+
+    /// Run `sql` and hand its result over batch by batch, without holding it: the
+    /// permit and the timeout cover the whole stream; the query stops when the receiver
+    /// is dropped (client gone). Errors before the first batch are returned here, so
+    /// callers can still answer with the right status.
+    pub async fn run_stream(
+        &self,
+        engine: &Arc<Engine>,
+        who: &Principal,
+        db: &str,
+        sql: &str,
+    ) -> Result<QueryStream, QueryError> {
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| QueryError::Busy(self.config.max_concurrent))?;
+        let Some(rt) = &self.runtime else {
+            return Err(QueryError::Execution("query runtime stopped".into()));
+        };
+        let snapshot = engine.snapshot();
+        let data_dir = engine.config().data_dir.clone();
+        let cfg = self.config.clone();
+        let (db, sql, who) = (db.to_string(), sql.to_string(), who.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Streamed, QueryError>>(2);
+        rt.spawn(async move {
+            let timeout = cfg.timeout;
+            let produce = async {
+                let ctx = context(snapshot, data_dir, who, &cfg, &db)
+                    .map_err(|e| QueryError::Execution(e.to_string()))?;
+                let df = plan(&ctx, &sql, &cfg).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                if tx.send(Ok(Streamed::Schema(schema))).await.is_err() {
+                    return Ok(());
+                }
+                let mut stream = df.execute_stream().await.map_err(|e| classify(e, &cfg))?;
+                while let Some(b) = stream.next().await {
+                    let b = b.map_err(|e| classify(e, &cfg))?;
+                    if tx.send(Ok(Streamed::Batch(b))).await.is_err() {
+                        return Ok(()); // the reader went away: stop the query
+                    }
+                }
+                Ok::<(), QueryError>(())
+            };
+            let end = match tokio::time::timeout(timeout, produce).await {
+                Ok(r) => r,
+                Err(_) => Err(QueryError::Timeout(timeout)),
+            };
+            // free the slot before the reader can see the end
+            drop(permit);
+            if let Err(e) = end {
+                let _ = tx.send(Err(e)).await;
+            }
+            drop(tx);
+        });
+        let gone = || QueryError::Execution("query task ended early".into());
+        let schema = match rx.recv().await {
+            Some(Ok(Streamed::Schema(s))) => s,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(gone()),
+        };
+        let first = match rx.recv().await {
+            Some(Ok(Streamed::Batch(b))) => Some(b),
+            Some(Err(e)) => return Err(e),
+            None => None,
+            Some(Ok(Streamed::Schema(_))) => return Err(gone()),
+        };
+        Ok(QueryStream { schema, first, rx })
     }
 
     /// Run `sql` with `db` as the default database.
@@ -172,10 +268,20 @@ fn context(
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        // gap filling first: it reads the WHERE bounds before they are pushed down
+        .with_optimizer_rules(
+            std::iter::once(Arc::new(crate::gapfill::GapFillRule) as _)
+                .chain(datafusion::optimizer::Optimizer::new().rules)
+                .collect(),
+        )
+        .with_query_planner(Arc::new(crate::gapfill::TaloQueryPlanner))
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.register_catalog(CATALOG, Arc::new(TaloCatalog::new(snapshot, data_dir, who)));
     ctx.register_udf(ScalarUDF::clone(&date_bin()).with_aliases(["time_bucket"]));
+    for f in crate::gapfill::functions() {
+        ctx.register_udf(f);
+    }
     Ok(ctx)
 }
 
@@ -189,17 +295,36 @@ async fn execute(
 ) -> Result<QueryOutput, QueryError> {
     let ctx = context(snapshot, data_dir, who, &cfg, &db)
         .map_err(|e| QueryError::Execution(e.to_string()))?;
+    let df = plan(&ctx, &sql, &cfg).await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    // the result is held until it is encoded: count it against the query's memory pool
+    // like every operator's state, so a huge result fails with 413 instead of growing
+    let reservation = MemoryConsumer::new("query result").register(&ctx.runtime_env().memory_pool);
+    let mut stream = df.execute_stream().await.map_err(|e| classify(e, &cfg))?;
+    let mut batches = Vec::new();
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| classify(e, &cfg))?;
+        reservation
+            .try_grow(b.get_array_memory_size())
+            .map_err(|e| classify(e, &cfg))?;
+        batches.push(b);
+    }
+    Ok(QueryOutput { schema, batches })
+}
+
+/// Parse and plan `sql` as a read-only query.
+async fn plan(
+    ctx: &SessionContext,
+    sql: &str,
+    cfg: &QueryConfig,
+) -> Result<datafusion::prelude::DataFrame, QueryError> {
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let df = ctx
-        .sql_with_options(&sql, options)
+    ctx.sql_with_options(sql, options)
         .await
-        .map_err(|e| classify(e, &cfg))?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(|e| classify(e, &cfg))?;
-    Ok(QueryOutput { schema, batches })
+        .map_err(|e| classify(e, cfg))
 }
 
 fn classify(e: DataFusionError, cfg: &QueryConfig) -> QueryError {

@@ -9,6 +9,7 @@ pub mod auth;
 mod catalog;
 mod error;
 pub mod executor;
+mod gapfill;
 mod metrics;
 mod openapi;
 pub mod rollup;

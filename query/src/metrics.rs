@@ -204,6 +204,29 @@ pub(crate) async fn metrics(
         );
         counter(
             &mut out,
+            "talo_compaction_rows_total",
+            "Rows read by compaction merges.",
+            r(&m.compaction_rows_in),
+        );
+        counter(
+            &mut out,
+            "talo_compaction_read_bytes_total",
+            "Segment bytes read by compaction merges.",
+            r(&m.compaction_bytes_in),
+        );
+        counter(
+            &mut out,
+            "talo_compaction_written_bytes_total",
+            "Segment bytes written by compaction merges.",
+            r(&m.compaction_bytes_out),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP talo_compaction_seconds_total Time spent in compaction merges.\n# TYPE talo_compaction_seconds_total counter\ntalo_compaction_seconds_total {}",
+            r(&m.compaction_nanos) as f64 / 1e9
+        );
+        counter(
+            &mut out,
             "talo_compaction_errors_total",
             "Failed compaction attempts (retried).",
             r(&m.compaction_errors),

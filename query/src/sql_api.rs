@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::executor::{QueryError, QueryOutput};
+use crate::executor::{QueryError, QueryOutput, QueryStream};
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize, Default)]
@@ -111,6 +111,11 @@ async fn run(s: &AppState, p: QueryParams, headers: &HeaderMap) -> Result<Respon
     talo_engine::model::validate_db_name(&db)?;
     who.require(crate::Permission::Read, &db)?;
     let started = std::time::Instant::now();
+    if matches!(format, Format::Jsonl | Format::Csv | Format::Arrow) {
+        let result = s.executor.run_stream(&engine, &who, &db, &sql).await;
+        s.http_metrics.observe_query(&result, started.elapsed());
+        return Ok(stream_response(result?, format));
+    }
     let result = s.executor.run(&engine, &who, &db, &sql).await;
     s.http_metrics.observe_query(&result, started.elapsed());
     let out = result.map_err(ApiError::from)?;
@@ -124,6 +129,165 @@ async fn run(s: &AppState, p: QueryParams, headers: &HeaderMap) -> Result<Respon
         body,
     )
         .into_response())
+}
+
+/// A response that encodes and sends the result batch by batch. An error after the
+/// first batch can no longer change the status: the body then ends with one
+/// `{"error": ...}` line (JSON lines) or nothing more, and the transfer is aborted, so
+/// a client never takes a cut result for a whole one.
+fn stream_response(mut q: QueryStream, format: Format) -> Response {
+    let schema = Arc::clone(&q.schema);
+    let body = async_stream(move |tx| async move {
+        let mut enc = match StreamEncoder::new(format, &schema) {
+            Ok(e) => e,
+            Err(e) => return tx.fail(e.to_string()).await,
+        };
+        let mut next = q.first.take().map(Ok);
+        loop {
+            let batch = match next.take() {
+                Some(b) => b,
+                None => match q.next().await {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            let bytes = match batch {
+                Ok(b) => enc.write(&b),
+                Err(e) => {
+                    let line = if format == Format::Jsonl {
+                        serde_json::json!({ "error": e.to_string() }).to_string() + "\n"
+                    } else {
+                        String::new()
+                    };
+                    tx.send(Bytes::from(line)).await;
+                    return tx.fail(e.to_string()).await;
+                }
+            };
+            match bytes {
+                Ok(b) if b.is_empty() => {}
+                Ok(b) => {
+                    if !tx.send(b).await {
+                        return; // client gone; dropping `q` stops the query
+                    }
+                }
+                Err(e) => return tx.fail(e.to_string()).await,
+            }
+        }
+        match enc.finish(&schema) {
+            Ok(b) => {
+                tx.send(b).await;
+            }
+            Err(e) => tx.fail(e.to_string()).await,
+        }
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, format.content_type())],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// The sending half of [`async_stream`].
+struct Sender(tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>);
+
+impl Sender {
+    /// Send a chunk; false when the client is gone.
+    async fn send(&self, b: Bytes) -> bool {
+        self.0.send(Ok(b)).await.is_ok()
+    }
+    /// End the body with an error (the transfer is aborted).
+    async fn fail(&self, msg: String) {
+        tracing::warn!(error = %msg, "query failed while its result was being sent");
+        let _ = self.0.send(Err(std::io::Error::other(msg))).await;
+    }
+}
+
+/// A body stream fed by a task.
+fn async_stream<F, Fut>(f: F) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>>
+where
+    F: FnOnce(Sender) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::spawn(f(Sender(tx)));
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+/// Encodes one result incrementally.
+enum StreamEncoder {
+    Jsonl(arrow::json::Writer<Vec<u8>, arrow::json::writer::LineDelimited>),
+    Csv { header: bool },
+    Arrow(arrow::ipc::writer::StreamWriter<Vec<u8>>),
+}
+
+impl StreamEncoder {
+    fn new(
+        format: Format,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> Result<Self, arrow::error::ArrowError> {
+        Ok(match format {
+            Format::Csv => StreamEncoder::Csv { header: true },
+            Format::Arrow => StreamEncoder::Arrow(arrow::ipc::writer::StreamWriter::try_new(
+                Vec::new(),
+                schema,
+            )?),
+            _ => StreamEncoder::Jsonl(
+                arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow::json::writer::LineDelimited>(Vec::new()),
+            ),
+        })
+    }
+
+    /// Encode one batch; the bytes to send now.
+    fn write(&mut self, b: &RecordBatch) -> Result<Bytes, arrow::error::ArrowError> {
+        Ok(Bytes::from(match self {
+            StreamEncoder::Jsonl(w) => {
+                w.write(b)?;
+                std::mem::take(w.get_mut())
+            }
+            StreamEncoder::Csv { header } => {
+                let mut w = arrow::csv::WriterBuilder::new()
+                    .with_header(std::mem::replace(header, false))
+                    .build(Vec::new());
+                w.write(b)?;
+                w.into_inner()
+            }
+            StreamEncoder::Arrow(w) => {
+                w.write(b)?;
+                std::mem::take(w.get_mut())
+            }
+        }))
+    }
+
+    /// The bytes that end the result.
+    fn finish(
+        self,
+        schema: &arrow::datatypes::SchemaRef,
+    ) -> Result<Bytes, arrow::error::ArrowError> {
+        Ok(Bytes::from(match self {
+            StreamEncoder::Jsonl(mut w) => {
+                w.finish()?;
+                w.into_inner()
+            }
+            StreamEncoder::Csv { header: true } => {
+                // no rows: the header alone
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                names
+                    .join(",")
+                    .into_bytes()
+                    .into_iter()
+                    .chain(*b"\n")
+                    .collect()
+            }
+            StreamEncoder::Csv { header: false } => Vec::new(),
+            StreamEncoder::Arrow(mut w) => {
+                w.finish()?;
+                w.into_inner()?
+            }
+        }))
+    }
 }
 
 impl From<QueryError> for ApiError {

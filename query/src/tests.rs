@@ -454,6 +454,64 @@ async fn memory_limit_timeout_and_concurrency() {
     .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     assert!(v["error"].as_str().unwrap().contains("memory"), "{v}");
+    // no operator holds much here, but the result itself (~8 MB) is over the limit
+    let (s, v) = sql(
+        &app,
+        "default",
+        "SELECT value FROM generate_series(1, 1000000)",
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("memory"), "{v}");
+    let (s, v) = sql(
+        &app,
+        "default",
+        "SELECT count(*) AS n FROM generate_series(1, 1000000)",
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, serde_json::json!([{"n": 1000000}]))
+    );
+    // ... but streamed as JSON lines it is never held: all of it arrives
+    let stream = |q: &str| {
+        Request::get(format!(
+            "/api/v1/query?db=default&format=jsonl&sql={}",
+            urlencode(q)
+        ))
+        .body(Body::empty())
+        .unwrap()
+    };
+    let resp = app
+        .clone()
+        .oneshot(stream("SELECT value FROM generate_series(1, 1000000)"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .unwrap();
+    let lines: Vec<&[u8]> = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1_000_000);
+    assert_eq!(lines[999_999], b"{\"value\":1000000}");
+    // an error after the first rows: 200 was sent, so the body ends in an error line
+    // and the transfer is aborted
+    let resp = app
+        .clone()
+        .oneshot(stream(
+            "SELECT 10 / (value - 900000) AS x FROM generate_series(1, 1000000)",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        axum::body::to_bytes(resp.into_body(), 64 << 20)
+            .await
+            .is_err()
+    );
     let (s, v) = sql(
         &app,
         "default",
@@ -692,4 +750,134 @@ async fn tokens_isolate_databases() {
         }])
         .is_err()
     );
+}
+
+/// Rows of a query as compact strings, e.g. `a|00:20|null|22|24`.
+fn gapfill_rows(v: &serde_json::Value, cols: &[&str]) -> Vec<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not rows: {v}"))
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|c| match &r[*c] {
+                    serde_json::Value::String(s) if s.len() == 20 => s[11..16].to_string(),
+                    serde_json::Value::Null => "null".to_string(),
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_filling_with_locf_and_interpolate() {
+    let (_d, _state, app) = setup();
+    // 2025-11-25T00:00:00Z = 1764028800; room a: 00:00, 00:10 twice, 00:40; room b: 00:20
+    let body = "env,room=a temp=20,co2=400i 1764028800\n\
+                env,room=a temp=21,co2=500i 1764029400\n\
+                env,room=a temp=23,co2=500i 1764029500\n\
+                env,room=a temp=28,co2=701i 1764031200\n\
+                env,room=b temp=5,co2=1000i 1764030000\n";
+    let (s, v) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let q = "SELECT date_bin_gapfill(INTERVAL '10 minutes', time) AS t, room, avg(temp) AS raw, \
+             locf(avg(temp)) AS carried, interpolate(avg(temp)) AS line, interpolate(max(co2)) AS co2 \
+             FROM env WHERE time >= '2025-11-25T00:00:00Z' AND time < '2025-11-25T01:00:00Z' \
+             GROUP BY t, room ORDER BY room, t";
+    let (s, v) = sql(&app, "house", q).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        gapfill_rows(&v, &["room", "t", "raw", "carried", "line", "co2"]),
+        vec![
+            "a|00:00|20.0|20.0|20.0|400",
+            "a|00:10|22.0|22.0|22.0|500",
+            "a|00:20|null|22.0|24.0|567", // 500 + 201 / 3, rounded
+            "a|00:30|null|22.0|26.0|634",
+            "a|00:40|28.0|28.0|28.0|701",
+            "a|00:50|null|28.0|null|null", // nothing after: no interpolation
+            "b|00:00|null|null|null|null", // nothing before: no carry
+            "b|00:10|null|null|null|null",
+            "b|00:20|5.0|5.0|5.0|1000",
+            "b|00:30|null|5.0|null|null",
+            "b|00:40|null|5.0|null|null",
+            "b|00:50|null|5.0|null|null",
+        ]
+    );
+    // without other group columns, bounds given with > and <=
+    let q = "SELECT date_bin_gapfill(INTERVAL '20 minutes', time) AS t, count(*) AS n \
+             FROM env WHERE room = 'a' AND time > '2025-11-24T23:59:59Z' AND time <= '2025-11-25T00:59:59Z' \
+             GROUP BY t ORDER BY t";
+    let (s, v) = sql(&app, "house", q).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // (the bucket holding the lower bound, 23:59:59, starts at 23:40)
+    assert_eq!(
+        gapfill_rows(&v, &["t", "n"]),
+        vec!["23:40|null", "00:00|3", "00:20|null", "00:40|1"]
+    );
+    // EXPLAIN shows the node
+    let (s, v) = sql(&app, "house", &format!("EXPLAIN {q}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v.to_string().contains("GapFill"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gap_filling_errors_are_clear() {
+    let (_d, _state, app) = setup();
+    let (s, _) = send(
+        &app,
+        post(
+            "/api/v1/write?db=house&precision=s",
+            "env,room=a temp=20 1764028800\n",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    for (q, want) in [
+        (
+            "SELECT date_bin_gapfill(INTERVAL '1 minute', time) AS t, avg(temp) FROM env GROUP BY t",
+            "lower bound",
+        ),
+        (
+            "SELECT date_bin_gapfill(INTERVAL '1 month', time) AS t, avg(temp) FROM env WHERE time >= '2025-01-01T00:00:00Z' GROUP BY t",
+            "fixed",
+        ),
+        (
+            "SELECT date_bin_gapfill(INTERVAL '1 nanosecond', time) AS t, avg(temp) FROM env WHERE time >= '2025-01-01T00:00:00Z' AND time < '2026-01-01T00:00:00Z' GROUP BY t",
+            "buckets per series",
+        ),
+        ("SELECT locf(temp) FROM env", "locf() "),
+        (
+            "SELECT date_bin_gapfill(INTERVAL '1 minute', time) FROM env",
+            "GROUP BY",
+        ),
+        (
+            "SELECT date_bin_gapfill(INTERVAL '1 minute', time) AS t, locf(avg(temp) + 1) FROM env WHERE time >= '2025-11-25T00:00:00Z' GROUP BY t",
+            "takes one aggregate",
+        ),
+    ] {
+        let (s, v) = sql(&app, "house", q).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        let msg = v["error"].as_str().unwrap_or_default();
+        assert!(msg.contains(want), "{q}: {msg}");
+    }
+    // upper bound defaults to now(): a window of the last hour in 10-minute buckets
+    let (s, _) = send(
+        &app,
+        post("/api/v1/write?db=house", "env,room=now temp=1\n"),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = sql(
+        &app,
+        "house",
+        "SELECT date_bin_gapfill(INTERVAL '10 minutes', time) AS t, locf(max(temp)) AS m FROM env \
+         WHERE room = 'now' AND time >= now() - INTERVAL '1 hour' GROUP BY t ORDER BY t",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let rows = v.as_array().unwrap();
+    assert!((6..=7).contains(&rows.len()), "{v}");
+    assert_eq!(rows.last().unwrap()["m"], 1.0, "{v}");
 }
