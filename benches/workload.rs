@@ -226,3 +226,124 @@ impl Workload {
             .collect()
     }
 }
+
+impl Workload {
+    /// One reading of each sensor as (MQTT topic, SenML pack): base name
+    /// `urn:dev:<sensor>:`, base time in seconds, one record per field (`vb` for the
+    /// boolean).
+    pub fn senml_messages(&mut self) -> Vec<(String, String)> {
+        let ts_s = self.time() as f64 / 1e9;
+        let readings = self.tick();
+        self.sensors
+            .iter()
+            .zip(readings)
+            .map(|(s, r)| {
+                (
+                    format!("bench/{}/{}/{}", s.building, s.room, s.sensor),
+                    format!(
+                        r#"[{{"bn":"urn:dev:{}:","bt":{ts_s},"n":"temperature","u":"Cel","v":{}}},{{"n":"humidity","u":"%RH","v":{}}},{{"n":"co2","u":"ppm","v":{}}},{{"n":"voc","v":{}}},{{"n":"pm25","v":{}}},{{"n":"lux","u":"lx","v":{}}},{{"n":"noise","u":"dB","v":{}}},{{"n":"occupied","vb":{}}}]"#,
+                        s.sensor,
+                        r.temperature,
+                        r.humidity,
+                        r.co2,
+                        r.voc,
+                        r.pm25,
+                        r.lux,
+                        r.noise,
+                        r.occupied
+                    ),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The TSBS `cpu-only` shape: hosts with 10 tags each reporting 10 float fields
+/// (usage_user … usage_guest_nice) every 10 s, as bounded random walks — the same shape
+/// as TSBS's generator (not its exact values), so rates can be set beside published TSBS
+/// results.
+#[derive(Debug, Clone)]
+pub struct CpuWorkload {
+    hosts: Vec<(String, [f64; 10])>,
+    rng: Rng,
+    pub step: i64,
+}
+
+pub const CPU_FIELDS: [&str; 10] = [
+    "usage_user",
+    "usage_system",
+    "usage_idle",
+    "usage_nice",
+    "usage_iowait",
+    "usage_irq",
+    "usage_softirq",
+    "usage_steal",
+    "usage_guest",
+    "usage_guest_nice",
+];
+
+impl CpuWorkload {
+    pub fn new(n: usize, seed: u64) -> Self {
+        const REGIONS: [&str; 9] = [
+            "us-east-1",
+            "us-west-1",
+            "us-west-2",
+            "eu-west-1",
+            "eu-central-1",
+            "ap-southeast-1",
+            "ap-southeast-2",
+            "ap-northeast-1",
+            "sa-east-1",
+        ];
+        const OS: [&str; 3] = ["Ubuntu16.10", "Ubuntu16.04LTS", "Ubuntu15.10"];
+        const TEAM: [&str; 4] = ["SF", "NYC", "LON", "CHI"];
+        const ENV: [&str; 3] = ["production", "staging", "test"];
+        let mut rng = Rng::new(seed);
+        let mut pick = |k: usize| (rng.next_u64() % k as u64) as usize;
+        let hosts = (0..n)
+            .map(|i| {
+                let region = REGIONS[pick(REGIONS.len())];
+                let tags = format!(
+                    "hostname=host_{i},region={region},datacenter={region}{},rack={},os={},arch={},team={},service={},service_version={},service_environment={}",
+                    ['a', 'b', 'c'][pick(3)],
+                    pick(100),
+                    OS[pick(3)],
+                    ["x64", "x86"][pick(2)],
+                    TEAM[pick(4)],
+                    pick(20),
+                    pick(2),
+                    ENV[pick(3)],
+                );
+                let start = std::array::from_fn(|_| (pick(10_000) as f64) / 100.0);
+                (tags, start)
+            })
+            .collect();
+        CpuWorkload {
+            hosts,
+            rng,
+            step: 0,
+        }
+    }
+
+    pub fn time(&self) -> i64 {
+        START_NS + self.step * INTERVAL_NS
+    }
+
+    /// One reading of each host as line protocol (measurement `cpu`).
+    pub fn line_protocol(&mut self) -> String {
+        use std::fmt::Write;
+        let time = self.time();
+        let mut out = String::new();
+        for (tags, vals) in &mut self.hosts {
+            let _ = write!(out, "cpu,{tags} ");
+            for (k, (name, v)) in CPU_FIELDS.iter().zip(vals.iter_mut()).enumerate() {
+                *v = (*v + self.rng.unit()).clamp(0.0, 100.0);
+                let sep = if k == 0 { "" } else { "," };
+                let _ = write!(out, "{sep}{name}={}", round(*v, 2));
+            }
+            let _ = writeln!(out, " {time}");
+        }
+        self.step += 1;
+        out
+    }
+}
