@@ -10,6 +10,7 @@
 # The report is printed and written to benches/results/compare-<date>[-quick].md
 set -euo pipefail
 cd "$(dirname "$0")/.."
+cmdline="benches/compare.sh $*"
 opts=(--sensors 1000 --steps 8640 --rounds 3)
 suffix=""
 if [ "${1:-}" = "--quick" ]; then
@@ -35,8 +36,8 @@ out="benches/results/compare-$(date -u +%Y-%m-%d)$suffix.md"
 {
   echo "# talo vs peers — $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(victoria-metrics -version 2>&1 | head -1); $(influxd version 2>&1 | head -1); DuckDB $(.venv/bin/python -c 'import duckdb; print(duckdb.__version__)')."
-  echo "Command: benches/compare.sh $*${suffix:+ (--quick)}"
+  echo "Machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; VictoriaMetrics $(dpkg-query -W -f '${Version}' victoria-metrics 2>/dev/null); InfluxDB $(dpkg-query -W -f '${Version}' influxdb 2>/dev/null); DuckDB $(.venv/bin/python -c 'import duckdb; print(duckdb.__version__)')."
+  echo "Command: $cmdline"
   echo
 } > "$out.head"
 .venv/bin/python benches/compare.py --talo target/release/talo --loadgen "$loadgen" "${opts[@]}" "$@" --out "$out.body" --json "${out%.md}.json"

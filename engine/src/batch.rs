@@ -191,8 +191,9 @@ impl TableBuilder {
         }
     }
 
-    fn column_mut(&mut self, name: &str, ty: ColumnType) -> &mut Column {
-        let idx = match self.index.get(name) {
+    /// The slot of column `name`, created with type `ty` if new.
+    fn slot(&mut self, name: &str, ty: ColumnType) -> usize {
+        match self.index.get(name) {
             Some(&i) => i,
             None => {
                 let i = self.columns.len();
@@ -202,8 +203,7 @@ impl TableBuilder {
                 self.index.insert(name.to_string(), i);
                 i
             }
-        };
-        &mut self.columns[idx]
+        }
     }
 
     fn finish(mut self, table: String) -> Result<TableWrite> {
@@ -234,6 +234,37 @@ pub struct BatchBuilder {
     tables: Vec<(String, TableBuilder)>,
     table_index: HashMap<String, usize>,
     rows: usize,
+    /// The shape of the last accepted row: rows of line protocol and of one MQTT route
+    /// mostly repeat it, and a row with the same table, tag keys and field keys/types in
+    /// the same order skips the name checks and lookups (see [`BatchBuilder::push_row`]).
+    shape: Option<Shape>,
+}
+
+/// Table, keys and resolved column slots of an accepted row.
+struct Shape {
+    table: String,
+    table_slot: usize,
+    tags: Vec<(String, usize)>,
+    fields: Vec<(String, FieldType, usize)>,
+}
+
+impl Shape {
+    fn matches(
+        &self,
+        table: &str,
+        tags: &[(&str, &str)],
+        fields: &[(&str, FieldValue<'_>)],
+    ) -> bool {
+        self.table == table
+            && self.tags.len() == tags.len()
+            && self.fields.len() == fields.len()
+            && self.tags.iter().zip(tags).all(|((n, _), (k, _))| n == k)
+            && self
+                .fields
+                .iter()
+                .zip(fields)
+                .all(|((n, t, _), (k, v))| n == k && *t == v.field_type())
+    }
 }
 
 impl std::fmt::Debug for BatchBuilder {
@@ -256,6 +287,7 @@ impl BatchBuilder {
             tables: Vec::new(),
             table_index: HashMap::new(),
             rows: 0,
+            shape: None,
         })
     }
 
@@ -293,6 +325,40 @@ impl BatchBuilder {
         time: i64,
         row_id: u32,
     ) -> Result<(), String> {
+        if let Some(shape) = &self.shape
+            && shape.matches(table, tags, fields)
+        {
+            // names, duplicates and types were checked for this shape: only the values
+            if let Some((k, x)) = fields.iter().find_map(|(k, v)| match v {
+                FieldValue::F64(x) if !x.is_finite() => Some((k, x)),
+                _ => None,
+            }) {
+                return Err(format!(
+                    "table {table}, field {k:?}: non-finite float {x} is not stored"
+                ));
+            }
+            let tb = &mut self.tables[shape.table_slot].1;
+            let row = tb.time.len();
+            for ((_, slot), (_, v)) in shape.tags.iter().zip(tags) {
+                if v.is_empty() {
+                    continue; // an empty tag value is the same as no tag
+                }
+                let col = &mut tb.columns[*slot];
+                col.pad_to(row);
+                if let Column::Tag(b) = col {
+                    b.append_value(v);
+                }
+            }
+            for ((_, _, slot), (_, v)) in shape.fields.iter().zip(fields) {
+                let col = &mut tb.columns[*slot];
+                col.pad_to(row);
+                col.push_field(v);
+            }
+            tb.time.push(time);
+            tb.row_ids.push(row_id);
+            self.rows += 1;
+            return Ok(());
+        }
         if !self.table_index.contains_key(table) {
             validate_table_name(table).map_err(|e| e.to_string())?;
         }
@@ -333,24 +399,35 @@ impl BatchBuilder {
         };
         let tb = &mut self.tables[ti].1;
         let row = tb.time.len();
+        let mut shape = Shape {
+            table: table.to_string(),
+            table_slot: ti,
+            tags: Vec::with_capacity(tags.len()),
+            fields: Vec::with_capacity(fields.len()),
+        };
         for (k, v) in tags {
+            let slot = tb.slot(k, ColumnType::Tag);
+            shape.tags.push((k.to_string(), slot));
             if v.is_empty() {
                 continue; // an empty tag value is the same as no tag
             }
-            let col = tb.column_mut(k, ColumnType::Tag);
+            let col = &mut tb.columns[slot];
             col.pad_to(row);
             if let Column::Tag(b) = col {
                 b.append_value(v);
             }
         }
         for (k, v) in fields {
-            let col = tb.column_mut(k, ColumnType::Field(v.field_type()));
+            let slot = tb.slot(k, ColumnType::Field(v.field_type()));
+            shape.fields.push((k.to_string(), v.field_type(), slot));
+            let col = &mut tb.columns[slot];
             col.pad_to(row);
             col.push_field(v);
         }
         tb.time.push(time);
         tb.row_ids.push(row_id);
         self.rows += 1;
+        self.shape = Some(shape);
         Ok(())
     }
 
@@ -439,5 +516,62 @@ mod tests {
         assert_eq!(t.batch.num_columns(), 4);
         assert_eq!(t.batch.column_by_name("h").unwrap().null_count(), 1);
         assert_eq!(t.batch.column_by_name("room").unwrap().null_count(), 1);
+    }
+
+    /// Rows repeating the previous row's shape take the fast path; it must still reject
+    /// bad values, keep empty tags null, and hand every other shape to the full checks.
+    #[test]
+    fn repeated_shapes_are_checked_like_any_row() {
+        let mut b = BatchBuilder::new("db", Arc::new(Catalog::new())).unwrap();
+        let row = |b: &mut BatchBuilder, room: &str, t: f64, time: i64, id: u32| {
+            b.push_row(
+                "m",
+                &[("room", room)],
+                &[("t", FieldValue::F64(t))],
+                time,
+                id,
+            )
+        };
+        row(&mut b, "a", 1.0, 1, 1).unwrap();
+        row(&mut b, "b", 2.0, 2, 2).unwrap(); // same shape
+        assert!(
+            row(&mut b, "c", f64::NAN, 3, 3)
+                .unwrap_err()
+                .contains("non-finite")
+        );
+        row(&mut b, "", 4.0, 4, 4).unwrap(); // empty tag: null
+        // same keys, other type: not the same shape, so the type conflict is found
+        let err = b
+            .push_row("m", &[("room", "d")], &[("t", FieldValue::I64(5))], 5, 5)
+            .unwrap_err();
+        assert!(err.contains(TYPE_CONFLICT), "{err}");
+        // another table, then back to the first shape
+        b.push_row("n", &[], &[("x", FieldValue::Bool(true))], 6, 6)
+            .unwrap();
+        row(&mut b, "e", 7.0, 7, 7).unwrap();
+        // a new field after the shape: slow path, column added and padded
+        b.push_row(
+            "m",
+            &[("room", "f")],
+            &[("t", FieldValue::F64(8.0)), ("h", FieldValue::I64(1))],
+            8,
+            8,
+        )
+        .unwrap();
+        let wb = b.finish().unwrap();
+        let m = wb.tables.iter().find(|t| t.table == "m").unwrap();
+        assert_eq!(m.row_ids, vec![1, 2, 4, 7, 8]);
+        assert_eq!(m.batch.column_by_name("room").unwrap().null_count(), 1);
+        assert_eq!(m.batch.column_by_name("h").unwrap().null_count(), 4);
+        let t = m
+            .batch
+            .column_by_name("t")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap()
+            .values()
+            .to_vec();
+        assert_eq!(t, vec![1.0, 2.0, 4.0, 7.0, 8.0]);
     }
 }
