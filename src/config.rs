@@ -93,7 +93,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_COMPACTION_TARGET_MB", default_value_t = 256)]
     pub(crate) compaction_target_mb: u64,
 
-    /// Rows one merge holds in memory at most.
+    /// Most rows in one merged segment (the merge streams; memory does not grow with it).
     #[arg(long, env = "TALO_COMPACTION_MAX_ROWS", default_value_t = 8 << 20)]
     pub(crate) compaction_max_rows: u64,
 

@@ -329,40 +329,13 @@ fn encode(out: &QueryOutput, format: Format) -> Result<Vec<u8>, Box<dyn std::err
                 buf.extend_from_slice(b"[]");
             }
         }
-        Format::Jsonl => {
-            let mut w = arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+        // streamed by `run`; encoded whole here only if ever asked to
+        Format::Jsonl | Format::Csv | Format::Arrow => {
+            let mut enc = StreamEncoder::new(format, &schema)?;
             for b in batches {
-                w.write(b)?;
+                buf.extend_from_slice(&enc.write(b)?);
             }
-            w.finish()?;
-        }
-        Format::Csv => {
-            if batches.is_empty() {
-                let names: Vec<&str> = out
-                    .schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect();
-                buf.extend_from_slice(names.join(",").as_bytes());
-                buf.push(b'\n');
-            } else {
-                let mut w = arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .build(&mut buf);
-                for b in batches {
-                    w.write(b)?;
-                }
-            }
-        }
-        Format::Arrow => {
-            let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)?;
-            for b in batches {
-                w.write(b)?;
-            }
-            w.finish()?;
+            buf.extend_from_slice(&enc.finish(&out.schema)?);
         }
         Format::Parquet => {
             let props = parquet::file::properties::WriterProperties::builder()
