@@ -371,9 +371,17 @@ fn rewrite_aggregate(a: Aggregate, start: Option<DateTime<Utc>>) -> Result<Logic
             "{GAPFILL}(): the time range in WHERE is empty"
         )));
     }
-    let bin = |t: i64| origin + (t - origin).div_euclid(stride) * stride;
-    let (first, last) = (bin(lo), bin(hi - 1));
-    let buckets = (last - first) / stride + 1;
+    // in i128: hostile bounds and origins near the ends of the i64 range must not wrap
+    let bin = |t: i64| {
+        let (t, o, s) = (i128::from(t), i128::from(origin), i128::from(stride));
+        i64::try_from(o + (t - o).div_euclid(s) * s).ok()
+    };
+    let (Some(first), Some(last)) = (bin(lo), bin(hi - 1)) else {
+        return Err(plan_err(format!(
+            "{GAPFILL}(): the time range is out of bounds"
+        )));
+    };
+    let buckets = (i128::from(last) - i128::from(first)) / i128::from(stride) + 1;
     if buckets as u128 > MAX_GAPFILL_ROWS as u128 {
         return Err(plan_err(format!(
             "{GAPFILL}(): {buckets} buckets per series is more than {MAX_GAPFILL_ROWS}; widen the interval or narrow the time range"
@@ -428,10 +436,13 @@ fn bin_params(args: &[Expr]) -> Result<(i64, i64)> {
                     "{GAPFILL}(): the interval must be fixed (days, hours, minutes, ...), not months or years"
                 )));
             }
-            i64::from(v.days) * 86_400_000_000_000 + v.nanoseconds
+            i64::from(v.days)
+                .checked_mul(86_400_000_000_000)
+                .and_then(|d| d.checked_add(v.nanoseconds))
+                .ok_or_else(|| plan_err(format!("{GAPFILL}(): the interval is too long")))?
         }
         Some(Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _)) => {
-            i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000
+            i64::from(v.days) * 86_400_000_000_000 + i64::from(v.milliseconds) * 1_000_000 // fits: i32 days
         }
         _ => {
             return Err(plan_err(format!(
@@ -516,9 +527,13 @@ fn time_range(
             let Some(t) = timestamp_ns(v) else { return };
             match op {
                 Operator::GtEq => lo = Some(lo.map_or(t, |l| l.max(t))),
-                Operator::Gt => lo = Some(lo.map_or(t + 1, |l| l.max(t + 1))),
+                Operator::Gt => {
+                    lo = Some(lo.map_or(t.saturating_add(1), |l| l.max(t.saturating_add(1))))
+                }
                 Operator::Lt => hi = Some(hi.map_or(t, |h| h.min(t))),
-                Operator::LtEq => hi = Some(hi.map_or(t + 1, |h| h.min(t + 1))),
+                Operator::LtEq => {
+                    hi = Some(hi.map_or(t.saturating_add(1), |h| h.min(t.saturating_add(1))))
+                }
                 _ => {}
             }
         };
@@ -963,11 +978,15 @@ impl Spec {
                     emit(t, None);
                 }
                 // rows between buckets (another origin) pass through in order
-                while j < e && times.value(j) < t + self.stride && times.value(j) > t {
+                while j < e && times.value(j) < t.saturating_add(self.stride) && times.value(j) > t
+                {
                     emit(times.value(j), Some(j));
                     j += 1;
                 }
-                t += self.stride;
+                t = match t.checked_add(self.stride) {
+                    Some(next) => next,
+                    None => break,
+                };
             }
             while j < e {
                 emit(times.value(j), Some(j));

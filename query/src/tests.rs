@@ -847,6 +847,14 @@ async fn gap_filling_errors_are_clear() {
             "SELECT date_bin_gapfill(INTERVAL '1 nanosecond', time) AS t, avg(temp) FROM env WHERE time >= '2025-01-01T00:00:00Z' AND time < '2026-01-01T00:00:00Z' GROUP BY t",
             "buckets per series",
         ),
+        (
+            "SELECT date_bin_gapfill(INTERVAL '100000000 days', time) AS t, avg(temp) FROM env WHERE time >= '2025-01-01T00:00:00Z' GROUP BY t",
+            "too long",
+        ),
+        (
+            "SELECT date_bin_gapfill(INTERVAL '1 day', time, TIMESTAMP '2262-04-01T00:00:00Z') AS t, avg(temp) FROM env WHERE time >= '1677-09-21T00:12:44Z' AND time < '1677-09-23T00:00:00Z' GROUP BY t",
+            "out of bounds",
+        ),
         ("SELECT locf(temp) FROM env", "locf() "),
         (
             "SELECT date_bin_gapfill(INTERVAL '1 minute', time) FROM env",
