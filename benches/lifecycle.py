@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.parse
 
-from compare import Http, du, free_port, iso, wait_until, status_is, START_S
+from compare import Http, free_port, iso, same_answer, wait_until, status_is, START_S
 
 CONFIG = """
 [[databases.bench.rollups]]
@@ -95,20 +95,6 @@ def queries(days, sensors):
 
 def rounded(rows):
     return [[round(v, 6) if isinstance(v, float) else v for v in r.values()] for r in rows]
-
-
-def close(a, b):
-    """Same rows, numbers equal to 1e-9 relative (sums of averages round differently)."""
-    if len(a) != len(b):
-        return False
-    for ra, rb in zip(a, b):
-        for x, y in zip(ra, rb):
-            if isinstance(x, float) and isinstance(y, float):
-                if abs(x - y) > 1e-9 * max(1.0, abs(x)):
-                    return False
-            elif x != y:
-                return False
-    return True
 
 
 def timed(talo, sql, runs):
@@ -227,7 +213,7 @@ def main():
     res["queries"] = {name: {"before_ms": before[name][0], "after_ms": after[name][0],
                              "identical": before[name][1] == after[name][1]} for name in before}
     res["rollup"] = {name: {"raw_ms": after[name][0], "rollup_ms": rollup[name][0],
-                            "same_answer": close(after[name][1], rollup[name][1])} for name in rollup}
+                            "same_answer": same_answer(after[name][1], rollup[name][1])} for name in rollup}
     res["count"] = after["count"][1]
     print(json.dumps(res, indent=1))
     print(render(args, res))

@@ -140,6 +140,19 @@ impl QueryExecutor {
         self.config.max_concurrent.max(1) - self.permits.available_permits()
     }
 
+    /// A concurrency slot (429 when none is free) and the runtime to run on.
+    fn admit(
+        &self,
+    ) -> Result<(tokio::sync::OwnedSemaphorePermit, &tokio::runtime::Runtime), QueryError> {
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| QueryError::Busy(self.config.max_concurrent))?;
+        let Some(rt) = &self.runtime else {
+            return Err(QueryError::Execution("query runtime stopped".into()));
+        };
+        Ok((permit, rt))
+    }
+
     /// Run `sql` and hand its result over batch by batch, without holding it: the
     /// permit and the timeout cover the whole stream; the query stops when the receiver
     /// is dropped (client gone). Errors before the first batch are returned here, so
@@ -151,12 +164,7 @@ impl QueryExecutor {
         db: &str,
         sql: &str,
     ) -> Result<QueryStream, QueryError> {
-        let permit = Arc::clone(&self.permits)
-            .try_acquire_owned()
-            .map_err(|_| QueryError::Busy(self.config.max_concurrent))?;
-        let Some(rt) = &self.runtime else {
-            return Err(QueryError::Execution("query runtime stopped".into()));
-        };
+        let (permit, rt) = self.admit()?;
         let snapshot = engine.snapshot();
         let data_dir = engine.config().data_dir.clone();
         let cfg = self.config.clone();
@@ -215,12 +223,7 @@ impl QueryExecutor {
         db: &str,
         sql: &str,
     ) -> Result<QueryOutput, QueryError> {
-        let permit = Arc::clone(&self.permits)
-            .try_acquire_owned()
-            .map_err(|_| QueryError::Busy(self.config.max_concurrent))?;
-        let Some(rt) = &self.runtime else {
-            return Err(QueryError::Execution("query runtime stopped".into()));
-        };
+        let (permit, rt) = self.admit()?;
         let snapshot = engine.snapshot();
         let data_dir = engine.config().data_dir.clone();
         let cfg = self.config.clone();
