@@ -111,9 +111,19 @@ pub fn write_lines(
     builder: &mut BatchBuilder,
 ) -> Vec<LineError> {
     let mut errors = Vec::new();
-    for item in parse_lines(body) {
-        let (line_no, parsed) = match item {
-            Ok(p) => p,
+    let mut lines = parser::Lines::new(body);
+    let mut parsed = ParsedLine {
+        measurement: Cow::Borrowed(""),
+        tags: Vec::new(),
+        fields: Vec::new(),
+        timestamp: None,
+    };
+    // the borrowed views handed to the builder; their buffers are recycled line to line
+    let mut tag_buf: Vec<(&str, &str)> = Vec::new();
+    let mut field_buf: Vec<(&str, FieldValue<'_>)> = Vec::new();
+    while let Some(item) = lines.next_into(&mut parsed) {
+        let line_no = match item {
+            Ok(n) => n,
             Err(e) => {
                 errors.push(e);
                 continue;
@@ -135,16 +145,15 @@ pub fn write_lines(
                 }
             },
         };
-        let tags: Vec<(&str, &str)> = parsed
-            .tags
-            .iter()
-            .map(|(k, v)| (k.as_ref(), v.as_ref()))
-            .collect();
-        let fields: Vec<(&str, FieldValue<'_>)> = parsed
-            .fields
-            .iter()
-            .map(|(k, v)| (k.as_ref(), v.as_field()))
-            .collect();
+        let mut tags = recycle(std::mem::take(&mut tag_buf));
+        tags.extend(parsed.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
+        let mut fields = recycle(std::mem::take(&mut field_buf));
+        fields.extend(
+            parsed
+                .fields
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_field())),
+        );
         if let Err(reason) =
             builder.push_row(&parsed.measurement, &tags, &fields, time, line_no as u32)
         {
@@ -153,8 +162,19 @@ pub fn write_lines(
                 reason,
             });
         }
+        tag_buf = recycle(tags);
+        field_buf = recycle(fields);
     }
     errors
+}
+
+/// An empty vector of another element type that keeps `v`'s allocation: the standard
+/// library collects a `map` of a vector's own `into_iter` in place when the layouts
+/// match, as they do here (the types differ only in lifetimes), and `v` is empty first,
+/// so the closure never runs.
+fn recycle<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("cleared")).collect()
 }
 
 #[cfg(test)]

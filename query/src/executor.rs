@@ -9,11 +9,16 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::cache::cache_manager::{
+    CacheManagerConfig, CachedFileMetadataEntry, FileMetadataCache,
+};
+use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::functions::datetime::date_bin;
 use datafusion::logical_expr::ScalarUDF;
+use datafusion::object_store::path::Path;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use talo_engine::Engine;
@@ -36,6 +41,10 @@ pub struct QueryConfig {
     pub max_concurrent: usize,
     /// Threads of the query runtime (separate from ingestion). Default: the CPU count.
     pub threads: usize,
+    /// Parquet footers and page indexes kept in memory across queries, in bytes
+    /// (least recently used out first). Segments are immutable, so a cached footer never
+    /// goes stale. Default 64 MiB; 0 turns the cache off.
+    pub metadata_cache_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -47,6 +56,7 @@ impl Default for QueryConfig {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            metadata_cache_bytes: 64 << 20,
         }
     }
 }
@@ -105,11 +115,22 @@ enum Streamed {
 }
 
 /// Runs queries on a dedicated runtime.
-#[derive(Debug)]
 pub struct QueryExecutor {
     config: QueryConfig,
     runtime: Option<tokio::runtime::Runtime>,
     permits: Arc<Semaphore>,
+    /// Shared by every query's runtime environment (see `context`).
+    metadata_cache: Arc<FileMetadataCache>,
+}
+
+impl std::fmt::Debug for QueryExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryExecutor")
+            .field("config", &self.config)
+            .field("running", &self.running())
+            .field("metadata_cache_entries", &self.metadata_cache.len())
+            .finish()
+    }
 }
 
 impl Drop for QueryExecutor {
@@ -128,8 +149,13 @@ impl QueryExecutor {
             .thread_name("talo-query")
             .enable_all()
             .build()?;
+        let metadata_cache: Arc<FileMetadataCache> = Arc::new(
+            DefaultCache::<Path, CachedFileMetadataEntry>::new(config.metadata_cache_bytes)
+                .with_name("talo segment metadata"),
+        );
         Ok(QueryExecutor {
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            metadata_cache,
             config,
             runtime: Some(runtime),
         })
@@ -138,6 +164,11 @@ impl QueryExecutor {
     /// Queries running now.
     pub fn running(&self) -> usize {
         self.config.max_concurrent.max(1) - self.permits.available_permits()
+    }
+
+    /// Segment footers (with page indexes) held by the metadata cache now.
+    pub fn cached_segment_footers(&self) -> usize {
+        self.metadata_cache.len()
     }
 
     /// A concurrency slot (429 when none is free) and the runtime to run on.
@@ -168,12 +199,13 @@ impl QueryExecutor {
         let snapshot = engine.snapshot();
         let data_dir = engine.config().data_dir.clone();
         let cfg = self.config.clone();
+        let cache = Arc::clone(&self.metadata_cache);
         let (db, sql, who) = (db.to_string(), sql.to_string(), who.clone());
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Streamed, QueryError>>(2);
         rt.spawn(async move {
             let timeout = cfg.timeout;
             let produce = async {
-                let ctx = context(snapshot, data_dir, who, &cfg, &db)
+                let ctx = context(snapshot, data_dir, who, &cfg, cache, &db)
                     .map_err(|e| QueryError::Execution(e.to_string()))?;
                 let df = plan(&ctx, &sql, &cfg).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -227,6 +259,7 @@ impl QueryExecutor {
         let snapshot = engine.snapshot();
         let data_dir = engine.config().data_dir.clone();
         let cfg = self.config.clone();
+        let cache = Arc::clone(&self.metadata_cache);
         let db = db.to_string();
         let sql = sql.to_string();
         let who = who.clone();
@@ -235,7 +268,7 @@ impl QueryExecutor {
             let timeout = cfg.timeout;
             match tokio::time::timeout(
                 timeout,
-                execute(snapshot, data_dir, who, cfg.clone(), db, sql),
+                execute(snapshot, data_dir, who, cfg.clone(), cache, db, sql),
             )
             .await
             {
@@ -253,6 +286,7 @@ fn context(
     data_dir: PathBuf,
     who: Principal,
     cfg: &QueryConfig,
+    metadata_cache: Arc<FileMetadataCache>,
     db: &str,
 ) -> Result<SessionContext, DataFusionError> {
     let config = SessionConfig::new()
@@ -262,6 +296,12 @@ fn context(
         .with_target_partitions(cfg.threads.max(1));
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(cfg.memory_limit_bytes, 1.0)
+        // segment footers outlive the query: SegmentTable reads them through this cache
+        .with_cache_manager(
+            CacheManagerConfig::default()
+                .with_file_metadata_cache(Some(metadata_cache))
+                .with_metadata_cache_limit(cfg.metadata_cache_bytes),
+        )
         // no spilling: the memory limit is a hard limit and no query writes files
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
@@ -293,10 +333,11 @@ async fn execute(
     data_dir: PathBuf,
     who: Principal,
     cfg: QueryConfig,
+    metadata_cache: Arc<FileMetadataCache>,
     db: String,
     sql: String,
 ) -> Result<QueryOutput, QueryError> {
-    let ctx = context(snapshot, data_dir, who, &cfg, &db)
+    let ctx = context(snapshot, data_dir, who, &cfg, metadata_cache, &db)
         .map_err(|e| QueryError::Execution(e.to_string()))?;
     let df = plan(&ctx, &sql, &cfg).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());

@@ -12,6 +12,7 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -161,7 +162,17 @@ impl TableProvider for SegmentTable {
             };
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
-        let mut source = ParquetSource::new(Arc::clone(&self.schema));
+        // footers and page indexes come from the executor's cache shared across queries
+        // (segment files never change once written); the default factory would re-read
+        // and re-decode them for every query
+        let store = state
+            .runtime_env()
+            .object_store(ObjectStoreUrl::local_filesystem())?;
+        let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let mut source =
+            ParquetSource::new(Arc::clone(&self.schema)).with_parquet_file_reader_factory(
+                Arc::new(CachedParquetFileReaderFactory::new(store, metadata_cache)),
+            );
         if let Some(predicate) = conjunction(filters.iter().cloned()) {
             let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
             let physical = state.create_physical_expr(predicate, &df_schema)?;

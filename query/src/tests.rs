@@ -345,6 +345,8 @@ async fn sql_sees_buffer_and_segments_with_one_row_per_point() {
     )
     .await;
     assert_eq!(v, serde_json::json!([{"n": 1}]));
+    // the segments' footers were kept for the next query (two segments were flushed)
+    assert_eq!(state.executor.cached_segment_footers(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,6 +446,7 @@ async fn memory_limit_timeout_and_concurrency() {
             timeout: std::time::Duration::from_secs(2),
             max_concurrent: 1,
             threads: 2,
+            ..Default::default()
         },
     );
     let (s, v) = sql(

@@ -9,15 +9,15 @@ use super::{LineError, LpValue, MAX_STRING_FIELD, ParsedLine};
 pub fn parse_lines(
     body: &[u8],
 ) -> impl Iterator<Item = Result<(usize, ParsedLine<'_>), LineError>> {
-    Lines {
-        buf: body,
-        pos: 0,
-        line: 0,
-    }
+    Lines::new(body)
 }
 
-struct Lines<'a> {
+pub(super) struct Lines<'a> {
     buf: &'a [u8],
+    /// `buf` as text, when all of it is valid UTF-8 (the usual case: one check for the
+    /// whole body instead of one per token; otherwise each token is checked and only
+    /// lines with bad bytes are rejected).
+    text: Option<&'a str>,
     pos: usize,
     /// Line number of the last line started (1-based once started).
     line: usize,
@@ -25,10 +25,39 @@ struct Lines<'a> {
 
 type PResult<T> = Result<T, String>;
 
+impl<'a> Lines<'a> {
+    pub(super) fn new(body: &'a [u8]) -> Self {
+        Lines {
+            buf: body,
+            text: std::str::from_utf8(body).ok(),
+            pos: 0,
+            line: 0,
+        }
+    }
+}
+
 impl<'a> Iterator for Lines<'a> {
     type Item = Result<(usize, ParsedLine<'a>), LineError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let mut out = ParsedLine {
+            measurement: Cow::Borrowed(""),
+            tags: Vec::new(),
+            fields: Vec::new(),
+            timestamp: None,
+        };
+        self.next_into(&mut out)
+            .map(|r| r.map(|line_no| (line_no, out)))
+    }
+}
+
+impl<'a> Lines<'a> {
+    /// The next point, parsed into `out` (its vectors are reused: no allocation per line
+    /// once they have grown), or the error of the next bad line.
+    pub(super) fn next_into(
+        &mut self,
+        out: &mut ParsedLine<'a>,
+    ) -> Option<Result<usize, LineError>> {
         loop {
             if self.pos >= self.buf.len() {
                 return None;
@@ -57,14 +86,15 @@ impl<'a> Iterator for Lines<'a> {
             }
             let mut cur = Cursor {
                 buf: self.buf,
+                text: self.text,
                 pos: self.pos,
                 newlines: 0,
             };
-            let res = cur.point();
+            let res = cur.point(out);
             self.line += cur.newlines;
             self.pos = cur.pos;
             return Some(match res {
-                Ok(p) => {
+                Ok(()) => {
                     // consume the line end
                     if self.buf.get(self.pos) == Some(&b'\r') {
                         self.pos += 1;
@@ -72,7 +102,7 @@ impl<'a> Iterator for Lines<'a> {
                     if self.buf.get(self.pos) == Some(&b'\n') {
                         self.pos += 1;
                     }
-                    Ok((line_no, p))
+                    Ok(line_no)
                 }
                 Err(reason) => {
                     self.skip_line();
@@ -95,8 +125,36 @@ impl Lines<'_> {
     }
 }
 
+/// Bytes a token scan must look at: its stop bytes plus the backslash and the line
+/// ends, which every scan handles. One lookup per byte instead of a search of the stops.
+type Stops = [bool; 256];
+
+const fn stops(bytes: &[u8]) -> Stops {
+    let mut t = [false; 256];
+    t[b'\\' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[b'\r' as usize] = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// Measurements, tag values and unquoted field values end at `,` or a space.
+static MEASUREMENT_OR_VALUE: Stops = stops(b", ");
+/// Tag and field keys end at `,`, `=` or a space.
+static KEY: Stops = stops(b",= ");
+/// The timestamp ends at white space.
+static TIMESTAMP: Stops = stops(b" \t");
+/// The rest of the line.
+static REST: Stops = stops(b"");
+
 struct Cursor<'a> {
     buf: &'a [u8],
+    /// `buf` as text, when all of it is valid UTF-8.
+    text: Option<&'a str>,
     pos: usize,
     newlines: usize,
 }
@@ -106,10 +164,9 @@ fn utf8<'b>(b: &'b [u8], what: &str) -> PResult<&'b str> {
 }
 
 /// Remove backslashes before the characters in `escapable`; other backslashes stay.
-fn unescape<'a>(raw: &'a [u8], escapable: &[u8], what: &str) -> PResult<Cow<'a, str>> {
-    let s = utf8(raw, what)?;
-    if !raw.contains(&b'\\') {
-        return Ok(Cow::Borrowed(s));
+fn unescape<'a>(s: &'a str, escapable: &[u8]) -> Cow<'a, str> {
+    if !s.as_bytes().contains(&b'\\') {
+        return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
@@ -125,10 +182,24 @@ fn unescape<'a>(raw: &'a [u8], escapable: &[u8], what: &str) -> PResult<Cow<'a, 
         }
         out.push(c);
     }
-    Ok(Cow::Owned(out))
+    Cow::Owned(out)
 }
 
 impl<'a> Cursor<'a> {
+    /// `raw` (a slice of the body) as text. When the whole body was valid UTF-8 (checked
+    /// once, up front) this is a slice of it, without validating each token again.
+    fn text(&self, raw: &'a [u8], what: &str) -> PResult<&'a str> {
+        if let Some(text) = self.text {
+            let start = (raw.as_ptr() as usize).wrapping_sub(self.buf.as_ptr() as usize);
+            // tokens start and end at ASCII bytes, so this is a char boundary; `get`
+            // checks it anyway and the fallback validates
+            if let Some(s) = text.get(start..start.saturating_add(raw.len())) {
+                return Ok(s);
+            }
+        }
+        utf8(raw, what)
+    }
+
     fn peek(&self) -> Option<u8> {
         self.buf.get(self.pos).copied()
     }
@@ -143,32 +214,54 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Read up to (not including) the first unescaped byte in `stops`, or a line end.
-    fn token(&mut self, stops: &[u8]) -> &'a [u8] {
+    /// Read up to (not including) the first unescaped byte of `stops` (a [`Stops`]
+    /// table), or a line end.
+    fn token(&mut self, stops: &Stops) -> &'a [u8] {
+        let buf = self.buf;
         let start = self.pos;
-        while let Some(b) = self.peek() {
-            if b == b'\\' && self.pos + 1 < self.buf.len() && self.buf[self.pos + 1] != b'\n' {
-                self.pos += 2;
+        let mut i = start;
+        while i < buf.len() {
+            let b = buf[i];
+            if !stops[b as usize] {
+                i += 1;
                 continue;
             }
-            if stops.contains(&b) || b == b'\n' || (b == b'\r' && self.at_line_end()) {
-                break;
+            match b {
+                b'\\' => {
+                    // an escape pair, unless the backslash ends the line or the body
+                    i += if i + 1 < buf.len() && buf[i + 1] != b'\n' {
+                        2
+                    } else {
+                        1
+                    };
+                }
+                b'\r' => {
+                    self.pos = i;
+                    if self.at_line_end() {
+                        break;
+                    }
+                    i += 1;
+                }
+                _ => break, // a stop byte or '\n'
             }
-            self.pos += 1;
         }
-        &self.buf[start..self.pos]
+        self.pos = i;
+        &buf[start..i]
     }
 
-    fn point(&mut self) -> PResult<ParsedLine<'a>> {
-        let raw = self.token(b", ");
+    fn point(&mut self, out: &mut ParsedLine<'a>) -> PResult<()> {
+        out.tags.clear();
+        out.fields.clear();
+        out.timestamp = None;
+        let raw = self.token(&MEASUREMENT_OR_VALUE);
         if raw.is_empty() {
             return Err("missing measurement".into());
         }
-        let measurement = unescape(raw, b", ", "measurement")?;
-        let mut tags = Vec::new();
+        out.measurement = unescape(self.text(raw, "measurement")?, b", ");
+        let tags = &mut out.tags;
         while self.peek() == Some(b',') {
             self.pos += 1;
-            let key = self.token(b",= ");
+            let key = self.token(&KEY);
             if self.peek() != Some(b'=') {
                 return Err(format!(
                     "tag {:?} has no value (expected '=')",
@@ -176,7 +269,7 @@ impl<'a> Cursor<'a> {
                 ));
             }
             self.pos += 1;
-            let value = self.token(b", ");
+            let value = self.token(&MEASUREMENT_OR_VALUE);
             if key.is_empty() {
                 return Err("empty tag key".into());
             }
@@ -187,8 +280,8 @@ impl<'a> Cursor<'a> {
                 ));
             }
             tags.push((
-                unescape(key, b",= ", "tag key")?,
-                unescape(value, b",= ", "tag value")?,
+                unescape(self.text(key, "tag key")?, b",= "),
+                unescape(self.text(value, "tag value")?, b",= "),
             ));
         }
         if self.peek() != Some(b' ') {
@@ -200,9 +293,9 @@ impl<'a> Cursor<'a> {
         if self.at_line_end() {
             return Err("missing fields".into());
         }
-        let mut fields = Vec::new();
+        let fields = &mut out.fields;
         loop {
-            let key = self.token(b",= ");
+            let key = self.token(&KEY);
             if self.peek() != Some(b'=') {
                 return Err(format!(
                     "field {:?} has no value (expected '=')",
@@ -212,7 +305,7 @@ impl<'a> Cursor<'a> {
             if key.is_empty() {
                 return Err("empty field key".into());
             }
-            let key = unescape(key, b",= ", "field key")?;
+            let key = unescape(self.text(key, "field key")?, b",= ");
             self.pos += 1;
             let value = self.field_value(&key)?;
             fields.push((key, value));
@@ -222,34 +315,28 @@ impl<'a> Cursor<'a> {
             }
             break;
         }
-        let mut timestamp = None;
         if self.peek() == Some(b' ') {
             while self.peek() == Some(b' ') {
                 self.pos += 1;
             }
             if !self.at_line_end() {
-                let raw = self.token(b" \t");
-                let s = utf8(raw, "timestamp")?;
+                let raw = self.token(&TIMESTAMP);
+                let s = self.text(raw, "timestamp")?;
                 let t: i64 = s.parse().map_err(|_| format!("invalid timestamp {s:?}"))?;
-                timestamp = Some(t);
+                out.timestamp = Some(t);
                 while matches!(self.peek(), Some(b' ' | b'\t')) {
                     self.pos += 1;
                 }
             }
         }
         if !self.at_line_end() {
-            let rest = self.token(b"");
+            let rest = self.token(&REST);
             return Err(format!(
                 "unexpected text after the point: {:?}",
                 String::from_utf8_lossy(&rest[..rest.len().min(40)])
             ));
         }
-        Ok(ParsedLine {
-            measurement,
-            tags,
-            fields,
-            timestamp,
-        })
+        Ok(())
     }
 
     fn field_value(&mut self, key: &str) -> PResult<LpValue<'a>> {
@@ -281,14 +368,14 @@ impl<'a> Cursor<'a> {
                 ));
             }
             let s = if escaped {
-                unescape(raw, b"\"\\", "string field")?
+                unescape(self.text(raw, "string field")?, b"\"\\")
             } else {
-                Cow::Borrowed(utf8(raw, "string field")?)
+                Cow::Borrowed(self.text(raw, "string field")?)
             };
             return Ok(LpValue::String(s));
         }
-        let raw = self.token(b", ");
-        let s = utf8(raw, "field value")?;
+        let raw = self.token(&MEASUREMENT_OR_VALUE);
+        let s = self.text(raw, "field value")?;
         parse_scalar(s).ok_or_else(|| {
             if s.is_empty() {
                 format!("field {key:?} has an empty value")
