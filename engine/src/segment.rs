@@ -2,9 +2,10 @@
 //!
 //! A segment holds the rows of one (database, table, partition), sorted by the tag
 //! columns (the series) then `time`, with at most one row per point. Encodings are
-//! chosen per column for sensor data: dictionary + RLE for tags, delta for timestamps
-//! and integers, byte-stream-split for floats, all zstd-compressed; page statistics and
-//! the page index are written so that readers can prune by time.
+//! chosen per column for sensor data: delta for timestamps, dictionary + RLE for tags and
+//! field values (quantized readings have few distinct values per page), all
+//! zstd-compressed; page statistics and the page index are written so that readers can
+//! prune by time.
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
