@@ -238,6 +238,22 @@ mod tests {
     use arrow::array::{AsArray, DictionaryArray, TimestampNanosecondArray};
     use arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
 
+    /// `time` and one tag, `sensor`.
+    fn time_sensor_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new(
+                "sensor",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                true,
+            ),
+        ]))
+    }
+
     fn time_chunk(schema: &SchemaRef, start: i64, rows: usize) -> Chunk {
         let time = TimestampNanosecondArray::from_iter_values(start..start + rows as i64)
             .with_timezone("UTC");
@@ -254,18 +270,7 @@ mod tests {
     /// hold, nothing is lost or reordered, and the list stays short.
     #[test]
     fn irregular_chunk_sizes_stay_tiered() {
-        let schema: SchemaRef = Arc::new(Schema::new(vec![
-            Field::new(
-                "time",
-                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new(
-                "sensor",
-                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                true,
-            ),
-        ]));
+        let schema = time_sensor_schema();
         let mut chunks = Vec::new();
         let mut t = 0i64;
         let mut total = 0usize;
@@ -301,22 +306,11 @@ mod tests {
     }
 
     /// Thousands of small chunks, each with its own dictionary of the same 100 sensors:
-    /// after the geometric merges, no tag dictionary is much larger than its distinct
+    /// after the size-tiered merges, no tag dictionary is much larger than its distinct
     /// values.
     #[test]
     fn merged_chunks_keep_small_dictionaries() {
-        let schema: SchemaRef = Arc::new(Schema::new(vec![
-            Field::new(
-                "time",
-                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new(
-                "sensor",
-                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                true,
-            ),
-        ]));
+        let schema = time_sensor_schema();
         let mut chunks = Vec::new();
         let mut t = 0i64;
         for _ in 0..3000 {
