@@ -9,9 +9,15 @@
 //! adjacent, every segment of the partition outside it was either overwritten by all of
 //! the run or overwrites all of it, before and after: results do not change.
 //!
+//! Segments whose time ranges overlap (writers sending interleaved or late times) are
+//! merged whatever their number ([`overlapping_window`]): until then every query over
+//! them merges copies at read time, on one thread. Such a run may exceed `max_rows`; its
+//! output is then cut by time into up to `MAX_OVERLAP_PARTS` segments that do not overlap
+//! each other (all with the run's precedence), so the next pass leaves them alone.
+//!
 //! Publishing (each step durable before the next):
-//! 1. the merged segment: temp file → fsync → rename → fsync dir;
-//! 2. the manifest without the inputs and with the output (atomic replace);
+//! 1. the merged segments: temp file → fsync → rename → fsync dir;
+//! 2. the manifest without the inputs and with the outputs (atomic replace);
 //! 3. the snapshot (one atomic swap): new queries see the output, running queries keep
 //!    the inputs they hold;
 //! 4. inputs are deleted once no snapshot refers to them any more (checked every pass).
@@ -31,6 +37,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use arrow::array::{RecordBatch, TimestampNanosecondArray, UInt32Array};
+use arrow::compute::take;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
 
@@ -47,6 +55,9 @@ use crate::segment::SegmentWriter;
 const MERGE_BATCH_ROWS: usize = 16 * 1024;
 /// Most segments merged at once (bounds the merge's memory and open files).
 const MAX_RUN_FILES: usize = 64;
+/// Most outputs of one merge of overlapping segments (each is a Parquet writer holding
+/// up to a row group in memory), so such a merge takes at most this × `max_rows` rows.
+const MAX_OVERLAP_PARTS: u64 = 4;
 
 /// When and how much to compact.
 #[derive(Debug, Clone)]
@@ -226,30 +237,28 @@ impl Compactor {
         }
         for (_, mut segs) in parts {
             segs.sort_by_key(|s| s.precedence());
-            let mut run: Vec<Arc<SegmentMeta>> = Vec::new();
-            let mut rows = 0;
-            for s in segs {
-                let small = s.bytes < c.target_bytes;
-                if small
-                    && (run.is_empty()
-                        || (rows + s.rows <= c.max_rows && run.len() < MAX_RUN_FILES))
-                {
+            // maximal runs of adjacent small segments
+            for run in segs.split(|s| s.bytes >= c.target_bytes) {
+                if let Some(w) = overlapping_window(run, c.max_rows) {
+                    return Some(w);
+                }
+                let mut sub: Vec<Arc<SegmentMeta>> = Vec::new();
+                let mut rows = 0;
+                for s in run {
+                    if !sub.is_empty() && (rows + s.rows > c.max_rows || sub.len() >= MAX_RUN_FILES)
+                    {
+                        if sub.len() >= c.min_files.max(2) {
+                            return Some(sub);
+                        }
+                        sub.clear();
+                        rows = 0;
+                    }
                     rows += s.rows;
-                    run.push(Arc::clone(s));
-                    continue;
+                    sub.push(Arc::clone(s));
                 }
-                if run.len() >= c.min_files.max(2) {
-                    return Some(run);
+                if sub.len() >= c.min_files.max(2) {
+                    return Some(sub);
                 }
-                run.clear();
-                rows = 0;
-                if small {
-                    rows = s.rows;
-                    run.push(Arc::clone(s));
-                }
-            }
-            if run.len() >= c.min_files.max(2) {
-                return Some(run);
             }
         }
         None
@@ -264,60 +273,105 @@ impl Compactor {
             .table(&db, &table)
             .ok_or_else(|| Error::Internal(format!("table {db}.{table} not in catalog")))?;
         let schema = def.schema();
-        let id = {
+        // an overlapping run may hold more than `max_rows`: its output is cut by time
+        // into parts that do not overlap each other
+        let rows_in: u64 = run.iter().map(|s| s.rows).sum();
+        let parts = rows_in
+            .div_ceil(self.cfg.compaction.max_rows.max(1))
+            .clamp(1, MAX_OVERLAP_PARTS) as usize;
+        let lo = run.iter().map(|s| s.min_time).min().unwrap_or(0);
+        let hi = run.iter().map(|s| s.max_time).max().unwrap_or(0);
+        let ids = {
             let mut m = self.manifest.lock().map_err(|_| poisoned())?;
-            let id = m.next_segment_id;
-            m.next_segment_id += 1;
-            id
+            let first = m.next_segment_id;
+            m.next_segment_id += parts as u64;
+            first..first + parts as u64
         };
-        let rel = segment_rel_path(&db, &table, partition, id);
-        let path: PathBuf = self.cfg.data_dir.join(&rel);
         let started = Instant::now();
-        let result = (|| -> Result<Option<(SegmentMeta, MergeStats)>> {
-            let mut w = SegmentWriter::create(&path, &schema, &self.cfg.segment)?;
-            let Some(stats) = merge_segments(
+        let mut outs: Vec<Output> = ids
+            .map(|id| {
+                let rel = segment_rel_path(&db, &table, partition, id);
+                let path = self.cfg.data_dir.join(&rel);
+                Output {
+                    id,
+                    rel,
+                    path,
+                    writer: None,
+                    rows: 0,
+                    min_time: i64::MAX,
+                    max_time: i64::MIN,
+                }
+            })
+            .collect();
+        let cut = TimeCut::new(lo, hi, parts);
+        let result = (|| -> Result<Option<MergeStats>> {
+            for o in &mut outs {
+                o.writer = Some(SegmentWriter::create(&o.path, &schema, &self.cfg.segment)?);
+            }
+            let time_idx = schema
+                .index_of(crate::model::TIME_COLUMN)
+                .map_err(|_| Error::Internal("no time column".into()))?;
+            merge_segments(
                 &self.cfg.data_dir,
                 &run,
                 &schema,
-                &mut w,
+                &mut |b| cut.route(b, time_idx, &mut outs),
                 MERGE_BATCH_ROWS,
                 &self.halt,
-            )?
-            else {
-                return Ok(None);
-            };
-            let bytes = w.finish()?;
-            let meta = SegmentMeta {
-                id,
-                db: db.clone(),
-                table: table.clone(),
-                partition,
-                path: rel.clone(),
-                min_time: stats.min_time,
-                max_time: stats.max_time,
-                rows: stats.rows_out,
-                bytes,
-                seq: Some(run.iter().map(|s| s.precedence()).max().unwrap_or(id)),
-            };
-            Ok(Some((meta, stats)))
+            )
         })();
-        let (out, stats) = match result {
-            Ok(Some(o)) => o,
+        let remove_all = |outs: &[Output]| {
+            for o in outs {
+                let _ = std::fs::remove_file(&o.path);
+                let _ = std::fs::remove_file(crate::fsutil::tmp_path(&o.path));
+            }
+        };
+        let stats = match result {
+            Ok(Some(stats)) => stats,
             Ok(None) => {
                 // halted mid-merge: nothing was published
-                let _ = std::fs::remove_file(crate::fsutil::tmp_path(&path));
+                outs.iter_mut().for_each(|o| o.writer = None);
+                remove_all(&outs);
                 return Ok(());
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
-                let _ = std::fs::remove_file(crate::fsutil::tmp_path(&path));
+                outs.iter_mut().for_each(|o| o.writer = None);
+                remove_all(&outs);
                 return Err(e);
             }
         };
-        if self.halt.load(Ordering::Acquire) {
-            return Ok(()); // a crash here leaves the output as an orphan
+        let mut published: Vec<SegmentMeta> = Vec::with_capacity(outs.len());
+        for o in &mut outs {
+            let Some(w) = o.writer.take() else { continue };
+            if o.rows == 0 {
+                drop(w); // nothing fell in this part of the range
+                let _ = std::fs::remove_file(crate::fsutil::tmp_path(&o.path));
+                continue;
+            }
+            let bytes = match w.finish() {
+                Ok(b) => b,
+                Err(e) => {
+                    remove_all(&outs);
+                    return Err(e);
+                }
+            };
+            published.push(SegmentMeta {
+                id: o.id,
+                db: db.clone(),
+                table: table.clone(),
+                partition,
+                path: o.rel.clone(),
+                min_time: o.min_time,
+                max_time: o.max_time,
+                rows: o.rows,
+                bytes,
+                seq: Some(run.iter().map(|s| s.precedence()).max().unwrap_or(o.id)),
+            });
         }
-        let out_bytes = out.bytes;
+        if self.halt.load(Ordering::Acquire) {
+            return Ok(()); // a crash here leaves the outputs as orphans
+        }
+        let out_bytes: u64 = published.iter().map(|s| s.bytes).sum();
         let input_ids: std::collections::HashSet<u64> = run.iter().map(|s| s.id).collect();
         {
             let mut m = self.manifest.lock().map_err(|_| poisoned())?;
@@ -329,13 +383,13 @@ impl Compactor {
                 .count()
                 != run.len()
             {
-                // an input vanished meanwhile (retention): drop the output, try later
+                // an input vanished meanwhile (retention): drop the outputs, try later
                 drop(m);
-                let _ = std::fs::remove_file(&path);
+                remove_all(&outs);
                 return Ok(());
             }
             next.segments.retain(|s| !input_ids.contains(&s.id));
-            next.segments.push(out.clone());
+            next.segments.extend(published.iter().cloned());
             fail::fail_point!("compact::before_manifest", |_| {
                 Err(Error::Io {
                     path: PathBuf::from("compact::before_manifest"),
@@ -346,7 +400,7 @@ impl Compactor {
             *m = next;
             // the snapshot swap happens under the manifest lock so a flush publishing at
             // the same time cannot be lost between the two
-            let out = Arc::new(out);
+            let published: Vec<Arc<SegmentMeta>> = published.into_iter().map(Arc::new).collect();
             self.state.rcu(|old| {
                 let mut segments: Vec<Arc<SegmentMeta>> = old
                     .segments
@@ -354,7 +408,7 @@ impl Compactor {
                     .filter(|s| !input_ids.contains(&s.id))
                     .cloned()
                     .collect();
-                segments.push(Arc::clone(&out));
+                segments.extend(published.iter().cloned());
                 Snapshot {
                     catalog: Arc::clone(&old.catalog),
                     generations: old.generations.clone(),
@@ -381,6 +435,7 @@ impl Compactor {
             inputs = run.len(),
             rows_in = stats.rows_in,
             rows_out = stats.rows_out,
+            outputs = parts,
             "compacted"
         );
         if fail::eval("compact::before_delete", |_| ()).is_some() {
@@ -388,6 +443,117 @@ impl Compactor {
         }
         drop(snap);
         self.graveyard.extend(run);
+        Ok(())
+    }
+}
+
+/// Segments of one partition whose time ranges overlap cost every query over them a
+/// merge at read time (one thread, `query/src/dedup.rs`), so they are merged whatever
+/// their number: the window of adjacent segments (in precedence order) from the first
+/// one that a later one overlaps, through the last one that overlaps the window's time
+/// range so far, within `MAX_RUN_FILES` files and `MAX_OVERLAP_PARTS × max_rows` rows.
+/// `None` if no overlap fits.
+fn overlapping_window(run: &[&Arc<SegmentMeta>], max_rows: u64) -> Option<Vec<Arc<SegmentMeta>>> {
+    let budget = max_rows.max(1).saturating_mul(MAX_OVERLAP_PARTS);
+    for (i, a) in run.iter().enumerate() {
+        let (mut lo, mut hi, mut rows) = (a.min_time, a.max_time, a.rows);
+        let mut end = i;
+        for (j, b) in run.iter().enumerate().take(i + MAX_RUN_FILES).skip(i + 1) {
+            rows = rows.saturating_add(b.rows);
+            if rows > budget {
+                break;
+            }
+            if b.min_time <= hi && lo <= b.max_time {
+                end = j;
+            }
+            lo = lo.min(b.min_time);
+            hi = hi.max(b.max_time);
+        }
+        if end > i {
+            return Some(run[i..=end].iter().map(|s| Arc::clone(s)).collect());
+        }
+    }
+    None
+}
+
+/// One output of a merge: a part of the run's time range.
+struct Output {
+    id: u64,
+    rel: String,
+    path: PathBuf,
+    writer: Option<SegmentWriter>,
+    rows: u64,
+    min_time: i64,
+    max_time: i64,
+}
+
+/// Equal cuts of `[lo, hi]` into `parts`; rows go to the part their time falls in.
+struct TimeCut {
+    lo: i64,
+    width: i128,
+    parts: usize,
+}
+
+impl TimeCut {
+    fn new(lo: i64, hi: i64, parts: usize) -> Self {
+        let span = i128::from(hi) - i128::from(lo) + 1;
+        TimeCut {
+            lo,
+            width: (span / parts.max(1) as i128).max(1) + 1,
+            parts: parts.max(1),
+        }
+    }
+
+    fn part_of(&self, t: i64) -> usize {
+        let p = (i128::from(t) - i128::from(self.lo)).max(0) / self.width;
+        (p as usize).min(self.parts - 1)
+    }
+
+    /// Write the rows of `b` (sorted by series then time) to their parts, keeping order.
+    fn route(&self, b: &RecordBatch, time_idx: usize, outs: &mut [Output]) -> Result<()> {
+        let time = b
+            .column(time_idx)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .ok_or_else(|| Error::Internal("time column has the wrong type".into()))?;
+        let mut idx: Vec<Vec<u32>> = vec![Vec::new(); self.parts];
+        if self.parts == 1 {
+            idx[0] = (0..b.num_rows() as u32).collect();
+        } else {
+            for (i, t) in time.values().iter().enumerate() {
+                idx[self.part_of(*t)].push(i as u32);
+            }
+        }
+        for (o, rows) in outs.iter_mut().zip(idx) {
+            if rows.is_empty() {
+                continue;
+            }
+            let part = if rows.len() == b.num_rows() {
+                b.clone()
+            } else {
+                let rows = UInt32Array::from(rows);
+                let cols = b
+                    .columns()
+                    .iter()
+                    .map(|c| take(c.as_ref(), &rows, None))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                RecordBatch::try_new(b.schema(), cols)?
+            };
+            let t = part
+                .column(time_idx)
+                .as_any()
+                .downcast_ref::<TimestampNanosecondArray>()
+                .ok_or_else(|| Error::Internal("time column has the wrong type".into()))?;
+            if let (Some(lo), Some(hi)) = (arrow::compute::min(t), arrow::compute::max(t)) {
+                o.min_time = o.min_time.min(lo);
+                o.max_time = o.max_time.max(hi);
+            }
+            o.rows += part.num_rows() as u64;
+            o.writer
+                .as_mut()
+                .ok_or_else(|| Error::Internal("merge output already closed".into()))?
+                .write(&part)?;
+        }
         Ok(())
     }
 }

@@ -19,7 +19,7 @@ pub mod error;
 mod flush;
 pub mod fsutil;
 pub mod manifest;
-mod merge;
+pub mod merge;
 pub mod metrics;
 pub mod model;
 pub mod reader;

@@ -1,14 +1,19 @@
-//! Streaming merge of sorted segments in bounded memory (compaction's merge).
+//! Streaming merge of sorted inputs in bounded memory: compaction's merge of segments,
+//! and the query's deduplication of segments that overlap each other or the buffer.
 //!
-//! Every segment is sorted by series then time with one row per point. The merge reads
-//! each input in batches of `batch_rows` and repeats: the *watermark* is the smallest
+//! Every input is sorted by series then time with one row per point. [`SortedMerge`] is
+//! fed each input's batches one at a time and repeats: the *watermark* is the smallest
 //! "last key of the batch in hand" among inputs that may still deliver rows; every row
 //! at or below it, from every input, can be final — no later batch holds a smaller key.
 //! Those rows are concatenated in precedence order and go through `sort_dedup` (the
-//! flush's own last-write-wins per field), and the result is appended to the output.
-//! The input that defined the watermark is used up in each round, so the merge always
-//! advances, and memory holds at most about one batch per input plus one output chunk,
-//! whatever the segments' sizes.
+//! flush's own last-write-wins per field), and the result is handed out. The input that
+//! defined the watermark is used up in each round, so the merge always advances, and
+//! memory holds at most about one batch per input plus one output chunk, whatever the
+//! inputs' sizes.
+//!
+//! The merge itself does no I/O: it says which input it needs next
+//! ([`MergeStep::Need`]) and the driver — a blocking Parquet reader for compaction, an
+//! async DataFusion stream for queries — pushes that input's next batch (or its end).
 
 use std::fs::File;
 use std::path::Path;
@@ -20,13 +25,13 @@ use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{OwnedRow, Row, RowConverter, Rows, SortField};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::buffer::align_batch;
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::SegmentMeta;
 use crate::model::TIME_COLUMN;
-use crate::segment::{SegmentWriter, key_columns_of, sort_dedup};
+use crate::segment::{key_columns_of, sort_dedup};
 
 /// What a merge produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +42,9 @@ pub(crate) struct MergeStats {
     pub max_time: i64,
 }
 
-/// One input: its reader and the rest of the batch in hand, with that batch's keys.
+/// One input: the rest of the batch in hand, with that batch's keys.
+#[derive(Default)]
 struct Input {
-    reader: ParquetRecordBatchReader,
     batch: Option<(RecordBatch, Rows)>,
     offset: usize,
     done: bool,
@@ -50,25 +55,6 @@ impl Input {
         self.batch
             .as_ref()
             .map_or(0, |(b, _)| b.num_rows() - self.offset)
-    }
-
-    /// Read batches until one has rows or the segment is exhausted.
-    fn refill(&mut self, keys: &Keys, schema: &SchemaRef) -> Result<()> {
-        while self.remaining() == 0 && !self.done {
-            match self.reader.next() {
-                None => {
-                    self.done = true;
-                    self.batch = None;
-                }
-                Some(b) => {
-                    let b = align_batch(&b?, schema)?;
-                    let rows = keys.rows(&b)?;
-                    self.batch = Some((b, rows));
-                    self.offset = 0;
-                }
-            }
-        }
-        Ok(())
     }
 
     fn last_key(&self) -> Option<Row<'_>> {
@@ -133,82 +119,182 @@ impl Keys {
     }
 }
 
-/// Merge `run` (in precedence order: later segments win) into `out`. Returns `None` if
-/// `halt` was raised on the way (the caller drops the unfinished output).
+/// What [`SortedMerge::step`] asks for or hands out.
+#[derive(Debug)]
+pub enum MergeStep {
+    /// Push the next batch of this input (or its end) before stepping again.
+    Need(usize),
+    /// Merged rows: sorted by series then time, one row per point, each after the last.
+    Rows(RecordBatch),
+    /// Every input is used up.
+    Done,
+}
+
+/// A k-way merge with last-write-wins of inputs sorted by series then time (module docs).
+/// Inputs are numbered in precedence order: where two hold the same point, for each
+/// field the non-null value of the higher-numbered one wins. Inputs of equal precedence
+/// (parts of one file) may take consecutive numbers: they never share a point.
+pub struct SortedMerge {
+    schema: SchemaRef,
+    keys: Keys,
+    inputs: Vec<Input>,
+    prev_last: Option<OwnedRow>,
+    rows_in: u64,
+}
+
+impl std::fmt::Debug for SortedMerge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SortedMerge")
+            .field("schema", &self.schema)
+            .field("inputs", &self.inputs.len())
+            .field("rows_in", &self.rows_in)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SortedMerge {
+    /// A merge of `inputs` inputs whose batches all have (or are aligned to) `schema`,
+    /// which holds the tag columns and `time`.
+    pub fn new(schema: SchemaRef, inputs: usize) -> Result<Self> {
+        if schema.index_of(TIME_COLUMN).is_err() {
+            return Err(Error::Internal("merge schema has no time column".into()));
+        }
+        Ok(SortedMerge {
+            keys: Keys::new(&schema)?,
+            schema,
+            inputs: (0..inputs).map(|_| Input::default()).collect(),
+            prev_last: None,
+            rows_in: 0,
+        })
+    }
+
+    /// Rows taken from the inputs so far.
+    pub fn rows_in(&self) -> u64 {
+        self.rows_in
+    }
+
+    /// Hand input `i` its next batch, or `None` once it has no more.
+    pub fn push(&mut self, i: usize, batch: Option<RecordBatch>) -> Result<()> {
+        let input = self
+            .inputs
+            .get_mut(i)
+            .ok_or_else(|| Error::Internal(format!("merge has no input {i}")))?;
+        match batch {
+            None => {
+                input.done = true;
+                input.batch = None;
+            }
+            Some(b) => {
+                let b = align_batch(&b, &self.schema)?;
+                let rows = self.keys.rows(&b)?;
+                input.batch = Some((b, rows));
+                input.offset = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next thing to do: feed an input, take merged rows, or stop.
+    pub fn step(&mut self) -> Result<MergeStep> {
+        loop {
+            if let Some(i) = self
+                .inputs
+                .iter()
+                .position(|i| i.remaining() == 0 && !i.done)
+            {
+                return Ok(MergeStep::Need(i));
+            }
+            if self.inputs.iter().all(|i| i.remaining() == 0) {
+                return Ok(MergeStep::Done);
+            }
+            // inputs not yet exhausted bound what is final; an exhausted one holds no more
+            let w: Option<OwnedRow> = self
+                .inputs
+                .iter()
+                .filter(|i| !i.done)
+                .filter_map(Input::last_key)
+                .min()
+                .map(|r| r.owned());
+            let parts: Vec<RecordBatch> = self
+                .inputs
+                .iter_mut()
+                .filter_map(|i| i.take_upto(w.as_ref()))
+                .collect();
+            let chunk = concat_batches(&self.schema, &parts)?;
+            drop(parts);
+            self.rows_in += chunk.num_rows() as u64;
+            let merged = sort_dedup(&chunk)?;
+            drop(chunk);
+            if merged.num_rows() == 0 {
+                continue;
+            }
+            // each chunk must start after the previous one ended: inputs not sorted the
+            // way the merge assumes would otherwise turn into duplicates
+            let rows = self.keys.rows(&merged)?;
+            if let Some(p) = &self.prev_last
+                && rows.row(0) <= p.row()
+            {
+                return Err(Error::Internal(
+                    "merge input not sorted by series and time".into(),
+                ));
+            }
+            self.prev_last = Some(rows.row(merged.num_rows() - 1).owned());
+            return Ok(MergeStep::Rows(merged));
+        }
+    }
+}
+
+/// Merge `run` (in precedence order: later segments win), handing each merged chunk to
+/// `out` in key order. Returns `None` if `halt` was raised on the way (the caller drops
+/// the unfinished output).
 pub(crate) fn merge_segments(
     data_dir: &Path,
     run: &[Arc<SegmentMeta>],
     schema: &SchemaRef,
-    out: &mut SegmentWriter,
+    out: &mut dyn FnMut(&RecordBatch) -> Result<()>,
     batch_rows: usize,
     halt: &AtomicBool,
 ) -> Result<Option<MergeStats>> {
-    let keys = Keys::new(schema)?;
-    let mut inputs = Vec::with_capacity(run.len());
+    let mut readers = Vec::with_capacity(run.len());
     for s in run {
         let path = data_dir.join(&s.path);
         let file = File::open(&path).at(&path)?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)?
-            .with_batch_size(batch_rows.max(1))
-            .build()?;
-        inputs.push(Input {
-            reader,
-            batch: None,
-            offset: 0,
-            done: false,
-        });
+        readers.push(
+            ParquetRecordBatchReaderBuilder::try_new(file)?
+                .with_batch_size(batch_rows.max(1))
+                .build()?,
+        );
     }
     let time_idx = schema
         .index_of(TIME_COLUMN)
         .map_err(|_| Error::Internal("no time column".into()))?;
+    let mut merge = SortedMerge::new(Arc::clone(schema), run.len())?;
     let mut stats = MergeStats {
         rows_in: 0,
         rows_out: 0,
         min_time: i64::MAX,
         max_time: i64::MIN,
     };
-    let mut prev_last: Option<OwnedRow> = None;
     loop {
         if halt.load(Ordering::Acquire) {
             return Ok(None);
         }
-        for i in &mut inputs {
-            i.refill(&keys, schema)?;
-        }
-        if inputs.iter().all(|i| i.remaining() == 0) {
-            break;
-        }
-        // inputs not yet exhausted bound what is final; an exhausted one holds no more
-        let w: Option<OwnedRow> = inputs
-            .iter()
-            .filter(|i| !i.done)
-            .filter_map(Input::last_key)
-            .min()
-            .map(|r| r.owned());
-        let parts: Vec<RecordBatch> = inputs
-            .iter_mut()
-            .filter_map(|i| i.take_upto(w.as_ref()))
-            .collect();
-        let chunk = concat_batches(schema, &parts)?;
-        drop(parts);
-        stats.rows_in += chunk.num_rows() as u64;
-        let merged = sort_dedup(&chunk)?;
-        drop(chunk);
-        if merged.num_rows() == 0 {
-            continue;
-        }
-        // each chunk must start after the previous one ended: inputs not sorted the way
-        // the merge assumes would otherwise turn into duplicates
-        let rows = keys.rows(&merged)?;
-        if let Some(p) = &prev_last
-            && rows.row(0) <= p.row()
-        {
-            return Err(Error::Internal(format!(
-                "compaction input not sorted by series and time (segments {:?})",
-                run.iter().map(|s| s.id).collect::<Vec<_>>()
-            )));
-        }
-        prev_last = Some(rows.row(merged.num_rows() - 1).owned());
+        let merged = match merge.step() {
+            Ok(MergeStep::Need(i)) => {
+                let next = readers[i].next().transpose()?;
+                merge.push(i, next)?;
+                continue;
+            }
+            Ok(MergeStep::Rows(b)) => b,
+            Ok(MergeStep::Done) => break,
+            Err(Error::Internal(m)) => {
+                return Err(Error::Internal(format!(
+                    "{m} (compacting segments {:?})",
+                    run.iter().map(|s| s.id).collect::<Vec<_>>()
+                )));
+            }
+            Err(e) => return Err(e),
+        };
         let time = merged
             .column(time_idx)
             .as_any()
@@ -220,8 +306,9 @@ pub(crate) fn merge_segments(
         }
         debug_assert_eq!(time.null_count(), 0);
         stats.rows_out += merged.num_rows() as u64;
-        out.write(&merged)?;
+        out(&merged)?;
     }
+    stats.rows_in = merge.rows_in();
     Ok(Some(stats))
 }
 
@@ -231,7 +318,7 @@ mod tests {
     use crate::batch::BatchBuilder;
     use crate::catalog::{Catalog, ColumnDef};
     use crate::model::{ColumnType, FieldValue};
-    use crate::segment::{SegmentOptions, write_parquet};
+    use crate::segment::{SegmentOptions, SegmentWriter, write_parquet};
     use proptest::prelude::*;
 
     /// Rows: (segment, sensor, optional room tag, time, optional value a, optional b).
@@ -336,7 +423,7 @@ mod tests {
 
             let out = dir.path().join("out.parquet");
             let mut w = SegmentWriter::create(&out, &schema, &SegmentOptions::default()).unwrap();
-            let stats = merge_segments(dir.path(), &run, &schema, &mut w, batch_rows, &AtomicBool::new(false))
+            let stats = merge_segments(dir.path(), &run, &schema, &mut |b| w.write(b), batch_rows, &AtomicBool::new(false))
                 .unwrap()
                 .unwrap();
             w.finish().unwrap();
@@ -371,8 +458,15 @@ mod tests {
         let (run, schema, _) = segments(dir.path(), &spec);
         let out = dir.path().join("out.parquet");
         let mut w = SegmentWriter::create(&out, &schema, &SegmentOptions::default()).unwrap();
-        let halted =
-            merge_segments(dir.path(), &run, &schema, &mut w, 4, &AtomicBool::new(true)).unwrap();
+        let halted = merge_segments(
+            dir.path(),
+            &run,
+            &schema,
+            &mut |b| w.write(b),
+            4,
+            &AtomicBool::new(true),
+        )
+        .unwrap();
         assert_eq!(halted, None);
     }
 }

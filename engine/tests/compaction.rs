@@ -297,6 +297,70 @@ fn late_writes_into_a_compacted_partition_are_merged() {
     }
 }
 
+/// Segments whose time ranges overlap (writers sending interleaved times) are merged
+/// even when there are fewer than `min_files` of them; more rows than `max_rows` are cut
+/// by time into parts that overlap neither each other nor anything else, so the next
+/// pass finds nothing to do and queries read them without merging copies.
+#[test]
+fn overlapping_segments_are_merged_into_disjoint_parts() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 8, 1 << 30);
+    cfg.compaction.max_rows = 100;
+    let engine = Engine::open(cfg.clone()).unwrap();
+    let mut model = BTreeMap::new();
+    // three flushes of the same 80 points (16 times x 5 rooms) of one day
+    for round in 0..3 {
+        write_day(&engine, T0, round, 80, &mut model);
+    }
+    // and a day of its own, which overlaps nothing and stays as it is
+    write_day(&engine, T0 + DAY, 9, 80, &mut model);
+    let lone = engine
+        .snapshot()
+        .segments
+        .iter()
+        .find(|s| s.partition == T0 + DAY)
+        .map(|s| s.id)
+        .unwrap();
+    assert_eq!(segments_in(&engine, T0), 3);
+    assert_eq!(engine.compact_blocking().unwrap(), 1);
+    let snap = engine.snapshot();
+    let mut parts: Vec<(i64, i64, u64)> = snap
+        .segments
+        .iter()
+        .filter(|s| s.partition == T0)
+        .map(|s| (s.min_time, s.max_time, s.rows))
+        .collect();
+    parts.sort();
+    assert_eq!(
+        parts.len(),
+        3,
+        "240 rows in, at most 100 per part: {parts:?}"
+    );
+    assert!(
+        parts.windows(2).all(|w| w[0].1 < w[1].0),
+        "parts do not overlap: {parts:?}"
+    );
+    assert_eq!(
+        parts.iter().map(|p| p.2).sum::<u64>(),
+        80,
+        "one row per point"
+    );
+    assert!(snap.segments.iter().any(|s| s.id == lone));
+    drop(snap);
+    assert_eq!(materialize(&engine), model);
+    assert_eq!(
+        engine.compact_blocking().unwrap(),
+        0,
+        "nothing left to merge"
+    );
+    engine.shutdown().unwrap();
+    drop(engine);
+    let engine = Engine::open(cfg).unwrap();
+    assert_eq!(materialize(&engine), model);
+    assert_eq!(parquet_files(dir.path()), 4);
+}
+
 /// A query (a snapshot) that started before the compaction keeps reading the old files.
 #[test]
 fn running_readers_keep_their_files() {

@@ -3,34 +3,24 @@
 //!
 //! Deduplication (same series + time → one row; for each field the last non-null value
 //! written wins) is only planned where copies can exist: the buffer, and segments whose
-//! time ranges overlap the buffer or each other. Segments that overlap nothing are
-//! already deduplicated by the flush and are read as they are.
+//! time ranges overlap the buffer or each other — a streaming merge (`dedup.rs`).
+//! Segments that overlap nothing are already deduplicated by the flush and are read as
+//! they are.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::view::ViewTable;
-use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvider};
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::provider_as_source;
-use datafusion::functions_aggregate::first_last::last_value_udaf;
-use datafusion::logical_expr::expr::NullTreatment;
-use datafusion::logical_expr::{
-    Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, ident, lit,
-};
-use talo_engine::buffer::align_batch;
-use talo_engine::{ColumnType, Snapshot, TableSnapshot};
+use datafusion::logical_expr::{LogicalPlanBuilder, ident, lit};
+use talo_engine::{Snapshot, TableSnapshot};
 
 use crate::auth::{Permission, Principal};
+use crate::dedup::DedupTable;
 use crate::scan::SegmentTable;
-
-/// Name of the hidden arrival-order column used for last-write-wins.
-const SEQ: &str = "__talo_seq";
-/// Buffer rows are newer than every segment.
-const BUFFER_SEQ_BASE: u64 = 1 << 48;
 
 /// Start of the error message for a database the token may not read.
 pub(crate) const DENIED: &str = "permission denied: ";
@@ -166,95 +156,13 @@ pub(crate) fn table_provider(
         }));
     }
 
-    // sources that may hold copies of the same point, each with its arrival order
-    let seq_schema = with_seq(&schema);
-    let mut dirty_plans: Vec<LogicalPlan> = Vec::new();
-    for seg in &dirty {
-        let provider = Arc::new(SegmentTable {
-            schema: Arc::clone(&schema),
-            data_dir: data_dir.to_path_buf(),
-            segments: vec![Arc::clone(seg)],
-        });
-        let mut exprs: Vec<Expr> = schema.fields().iter().map(|f| ident(f.name())).collect();
-        exprs.push(lit(seg.precedence()).alias(SEQ));
-        dirty_plans.push(
-            LogicalPlanBuilder::scan(
-                format!("segment_{}", seg.id),
-                provider_as_source(provider),
-                None,
-            )?
-            .project(exprs)?
-            .build()?,
-        );
-    }
-    if !t.chunks.is_empty() {
-        let mut batches = Vec::with_capacity(t.chunks.len());
-        let mut seq = BUFFER_SEQ_BASE;
-        for c in &t.chunks {
-            let aligned = align_batch(&c.batch, &schema)
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            let n = aligned.num_rows() as u64;
-            let seqs: ArrayRef = Arc::new(UInt64Array::from_iter_values(seq..seq + n));
-            seq += n;
-            let mut cols = aligned.columns().to_vec();
-            cols.push(seqs);
-            batches.push(RecordBatch::try_new(Arc::clone(&seq_schema), cols)?);
-        }
-        let mem = Arc::new(MemTable::try_new(Arc::clone(&seq_schema), vec![batches])?);
-        dirty_plans
-            .push(LogicalPlanBuilder::scan("buffer", provider_as_source(mem), None)?.build()?);
-    }
-    let mut dirty_iter = dirty_plans.into_iter();
-    let mut builder = LogicalPlanBuilder::from(
-        dirty_iter
-            .next()
-            .ok_or_else(|| DataFusionError::Internal("no source".into()))?,
-    );
-    for p in dirty_iter {
-        builder = builder.union(p)?;
-    }
-
-    // one row per (tags, time): per field the last non-null value in arrival order
-    let mut group = Vec::new();
-    let mut aggs = Vec::new();
-    for c in &t.table.columns {
-        match c.ty {
-            ColumnType::Time | ColumnType::Tag => group.push(ident(&c.name)),
-            ColumnType::Field(_) => aggs.push(
-                // `last_value(x ORDER BY seq) IGNORE NULLS`, in one builder (building
-                // `last_value(..)` first and adding to it afterwards drops the ordering).
-                // Not `FILTER (WHERE x IS NOT NULL)`: on pre-ordered input DataFusion 55's
-                // accumulator computes `len - 1` of an empty filtered batch (it overflows:
-                // a panic in debug builds), which IGNORE NULLS never reaches.
-                last_value_udaf()
-                    .call(vec![ident(&c.name)])
-                    .order_by(vec![ident(SEQ).sort(true, false)])
-                    .null_treatment(NullTreatment::IgnoreNulls)
-                    .build()?
-                    .alias(&c.name),
-            ),
-        }
-    }
-    let order: Vec<Expr> = schema.fields().iter().map(|f| ident(f.name())).collect();
-    let mut plan = builder.aggregate(group, aggs)?.project(order.clone())?;
-    if !clean.is_empty() {
-        let provider = Arc::new(SegmentTable {
-            schema: Arc::clone(&schema),
-            data_dir: data_dir.to_path_buf(),
-            segments: clean,
-        });
-        let clean_plan = LogicalPlanBuilder::scan("segments", provider_as_source(provider), None)?
-            .project(order)?
-            .build()?;
-        plan = plan.union(clean_plan)?;
-    }
-    Ok(Arc::new(ViewTable::new(plan.build()?, None)))
-}
-
-fn with_seq(schema: &SchemaRef) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(SEQ, DataType::UInt64, false));
-    Arc::new(Schema::new(fields))
+    Ok(Arc::new(DedupTable {
+        schema,
+        data_dir: data_dir.to_path_buf(),
+        clean,
+        dirty,
+        buffer: t.chunks,
+    }))
 }
 
 /// Split segments into those that overlap nothing (no copies possible) and the rest.

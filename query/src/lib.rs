@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod catalog;
+mod dedup;
 mod error;
 pub mod executor;
 mod gapfill;
