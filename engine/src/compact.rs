@@ -111,8 +111,11 @@ impl Compactor {
             .interval
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_secs(60));
+        // the first pass comes soon after startup: the flush at the last shutdown often
+        // left small or overlapping segments that every query would otherwise merge
+        let mut next_wait = wait.min(Duration::from_secs(5));
         loop {
-            let req = match rx.recv_timeout(wait) {
+            let req = match rx.recv_timeout(std::mem::replace(&mut next_wait, wait)) {
                 Ok(CompactRequest::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(CompactRequest::Now(resp)) => Some(resp),
                 Err(RecvTimeoutError::Timeout) => None,
