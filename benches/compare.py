@@ -20,6 +20,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -348,6 +349,21 @@ def same_answer(a, b):
     return True
 
 
+def talo_plan(h, sql):
+    """How talo read the table: `clean` (segments that do not overlap, scanned in
+    parallel) or `merged (N overlapping segments, M buffered rows)` (DedupExec)."""
+    path = "/api/v1/query?" + urllib.parse.urlencode({"db": "bench", "sql": f"EXPLAIN {sql}"})
+    status, body = h.request("GET", path)
+    if status != 200:
+        return f"EXPLAIN failed: HTTP {status}"
+    plan = " ".join(str(v) for r in json.loads(body) for v in r.values())
+    m = re.search(r"DedupExec: overlapping_segments=\[([^\]]*)\], buffer_rows=(\d+)", plan)
+    if not m:
+        return "clean"
+    n = len([x for x in m.group(1).split(",") if x.strip()])
+    return f"merged ({n} overlapping segments, {m.group(2)} buffered rows)"
+
+
 def bench_queries(args, talo, vm, influx, results):
     files = talo.parquet_files()
     con = duckdb.connect()
@@ -369,10 +385,11 @@ def bench_queries(args, talo, vm, influx, results):
             answers[system] = rows
             row[system] = {"median_ms": statistics.median(times) * 1000, "rows": len(rows)}
         row["talo_equals_duckdb"] = same_answer(answers["talo"], answers["duckdb"])
+        row["talo_plan"] = talo_plan(conns["talo"], q["sql"])
         results["queries"][name] = row
         print(f"  {name}: " + ", ".join(
             f"{s} {r['median_ms']:.1f} ms ({r['rows']} rows)" for s, r in row.items() if isinstance(r, dict)),
-            f"talo==duckdb: {row['talo_equals_duckdb']}", flush=True)
+            f"talo==duckdb: {row['talo_equals_duckdb']}, talo plan: {row['talo_plan']}", flush=True)
     for c in conns.values():
         if c:
             c.close()
@@ -505,6 +522,8 @@ def render(args, r, rows):
         out.append(f"| {name} | {m['talo']:.1f} | {m['duckdb']:.1f} | {m['victoriametrics']:.1f} | {m['influxdb']:.1f} | "
                    f"{m['talo'] / m['duckdb']:.2f} | {m['talo'] / m['victoriametrics']:.2f} | {m['talo'] / m['influxdb']:.2f} | "
                    f"{'yes' if q['talo_equals_duckdb'] else 'NO'} |")
+    out += ["", "How talo read the table (EXPLAIN): " + "; ".join(
+        f"{name}: {q.get('talo_plan', '?')}" for name, q in r["queries"].items())]
     out += ["", "Rows returned: " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {q[k]['rows']}" for k in ("talo", "duckdb", "victoriametrics", "influxdb"))
         for name, q in r["queries"].items()), ""]

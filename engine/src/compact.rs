@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use arrow::array::{RecordBatch, TimestampNanosecondArray, UInt32Array};
+use arrow::array::{RecordBatch, UInt32Array};
 use arrow::compute::take;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tokio::sync::oneshot;
@@ -50,6 +50,7 @@ use crate::manifest::{Manifest, SegmentMeta};
 use crate::merge::{MergeStats, merge_segments};
 use crate::metrics::{EngineMetrics, inc};
 use crate::segment::SegmentWriter;
+use crate::writer::{time_column, time_range};
 
 /// Rows read from each input at a time by the streaming merge.
 const MERGE_BATCH_ROWS: usize = 16 * 1024;
@@ -311,14 +312,11 @@ impl Compactor {
             for o in &mut outs {
                 o.writer = Some(SegmentWriter::create(&o.path, &schema, &self.cfg.segment)?);
             }
-            let time_idx = schema
-                .index_of(crate::model::TIME_COLUMN)
-                .map_err(|_| Error::Internal("no time column".into()))?;
             merge_segments(
                 &self.cfg.data_dir,
                 &run,
                 &schema,
-                &mut |b| cut.route(b, time_idx, &mut outs),
+                &mut |b| cut.route(b, &mut outs),
                 MERGE_BATCH_ROWS,
                 &self.halt,
             )
@@ -513,12 +511,8 @@ impl TimeCut {
     }
 
     /// Write the rows of `b` (sorted by series then time) to their parts, keeping order.
-    fn route(&self, b: &RecordBatch, time_idx: usize, outs: &mut [Output]) -> Result<()> {
-        let time = b
-            .column(time_idx)
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .ok_or_else(|| Error::Internal("time column has the wrong type".into()))?;
+    fn route(&self, b: &RecordBatch, outs: &mut [Output]) -> Result<()> {
+        let time = time_column(b)?;
         let mut idx: Vec<Vec<u32>> = vec![Vec::new(); self.parts];
         if self.parts == 1 {
             idx[0] = (0..b.num_rows() as u32).collect();
@@ -542,15 +536,9 @@ impl TimeCut {
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 RecordBatch::try_new(b.schema(), cols)?
             };
-            let t = part
-                .column(time_idx)
-                .as_any()
-                .downcast_ref::<TimestampNanosecondArray>()
-                .ok_or_else(|| Error::Internal("time column has the wrong type".into()))?;
-            if let (Some(lo), Some(hi)) = (arrow::compute::min(t), arrow::compute::max(t)) {
-                o.min_time = o.min_time.min(lo);
-                o.max_time = o.max_time.max(hi);
-            }
+            let (lo, hi) = time_range(&part)?;
+            o.min_time = o.min_time.min(lo);
+            o.max_time = o.max_time.max(hi);
             o.rows += part.num_rows() as u64;
             o.writer
                 .as_mut()

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use arrow::array::{BooleanArray, TimestampNanosecondArray};
+use arrow::array::BooleanArray;
 use arrow::compute::filter_record_batch;
 use arrow::record_batch::RecordBatch;
 use crossbeam_channel::{Receiver, Sender};
@@ -29,8 +29,8 @@ use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::metrics::{EngineMetrics, inc};
-use crate::model::{TIME_COLUMN, partition_name, partition_start, path_component};
-use crate::segment::{sort_dedup, write_parquet};
+use crate::model::{partition_name, partition_start, path_component};
+use crate::segment::write_sorted;
 use crate::wal::{list_wal_files, wal_path};
 
 /// Work for the flush thread.
@@ -128,8 +128,8 @@ impl Flusher {
                     )));
                 };
                 let batch = concat_chunks(chunks, &def.schema())?;
-                for (partition, part) in split_partitions(&batch, width)? {
-                    let sorted = sort_dedup(&part)?;
+                let mut parts = Partitions::new(&batch, width)?;
+                while let Some((partition, part)) = parts.next()? {
                     let id = {
                         let mut m = self.manifest.lock().map_err(|_| poisoned())?;
                         m.next_segment_id += 1;
@@ -138,8 +138,10 @@ impl Flusher {
                     let rel = segment_rel_path(db, table, partition, id);
                     let path = dir.join(&rel);
                     written.push(path.clone());
-                    let bytes = write_parquet(&path, &sorted, &self.cfg.segment)?;
-                    let (min_time, max_time) = crate::writer::time_range(&sorted)?;
+                    // deduplication keeps every point's time: the range is the input's
+                    let (min_time, max_time) = crate::writer::time_range(&part)?;
+                    let (bytes, rows) = write_sorted(&path, &part, &self.cfg.segment)?;
+                    drop(part);
                     new_segments.push(SegmentMeta {
                         id,
                         db: db.clone(),
@@ -148,7 +150,7 @@ impl Flusher {
                         path: rel,
                         min_time,
                         max_time,
-                        rows: sorted.num_rows() as u64,
+                        rows,
                         bytes,
                         seq: None,
                     });
@@ -252,28 +254,45 @@ pub(crate) fn delete_wal_through(wal_dir: &Path, through: u64) {
     }
 }
 
-/// Split a batch by time partition.
-fn split_partitions(batch: &RecordBatch, width: i64) -> Result<Vec<(i64, RecordBatch)>> {
-    let time = batch
-        .column_by_name(TIME_COLUMN)
-        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
-        .ok_or_else(|| Error::Internal("batch without time column".into()))?;
-    let parts: Vec<i64> = time
-        .values()
-        .iter()
-        .map(|&t| partition_start(t, width))
-        .collect();
-    let mut distinct = parts.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    if distinct.len() == 1 {
-        return Ok(vec![(distinct[0], batch.clone())]);
-    }
-    distinct
-        .into_iter()
-        .map(|p| {
-            let mask = BooleanArray::from(parts.iter().map(|&x| x == p).collect::<Vec<_>>());
-            Ok((p, filter_record_batch(batch, &mask)?))
+/// The rows of a batch by time partition, one partition at a time (in time order), so
+/// that a flush holds at most one partition's copy beside the batch.
+struct Partitions<'a> {
+    batch: &'a RecordBatch,
+    /// Partition start of each row.
+    of_row: Vec<i64>,
+    /// Distinct partitions, last first.
+    left: Vec<i64>,
+    /// All rows are in one partition.
+    single: bool,
+}
+
+impl<'a> Partitions<'a> {
+    fn new(batch: &'a RecordBatch, width: i64) -> Result<Self> {
+        let time = crate::writer::time_column(batch)?;
+        let of_row: Vec<i64> = time
+            .values()
+            .iter()
+            .map(|&t| partition_start(t, width))
+            .collect();
+        let mut left = of_row.clone();
+        left.sort_unstable_by(|a, b| b.cmp(a));
+        left.dedup();
+        Ok(Partitions {
+            batch,
+            of_row,
+            single: left.len() == 1,
+            left,
         })
-        .collect()
+    }
+
+    fn next(&mut self) -> Result<Option<(i64, RecordBatch)>> {
+        let Some(p) = self.left.pop() else {
+            return Ok(None);
+        };
+        if self.single {
+            return Ok(Some((p, self.batch.clone())));
+        }
+        let mask = BooleanArray::from(self.of_row.iter().map(|&x| x == p).collect::<Vec<_>>());
+        Ok(Some((p, filter_record_batch(self.batch, &mask)?)))
+    }
 }

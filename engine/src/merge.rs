@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arrow::array::{Array, ArrayRef, TimestampNanosecondArray};
+use arrow::array::ArrayRef;
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -38,8 +38,6 @@ use crate::segment::{key_columns_of, sort_dedup};
 pub(crate) struct MergeStats {
     pub rows_in: u64,
     pub rows_out: u64,
-    pub min_time: i64,
-    pub max_time: i64,
 }
 
 /// One input: the rest of the batch in hand, with that batch's keys.
@@ -265,15 +263,10 @@ pub(crate) fn merge_segments(
                 .build()?,
         );
     }
-    let time_idx = schema
-        .index_of(TIME_COLUMN)
-        .map_err(|_| Error::Internal("no time column".into()))?;
     let mut merge = SortedMerge::new(Arc::clone(schema), run.len())?;
     let mut stats = MergeStats {
         rows_in: 0,
         rows_out: 0,
-        min_time: i64::MAX,
-        max_time: i64::MIN,
     };
     loop {
         if halt.load(Ordering::Acquire) {
@@ -295,16 +288,6 @@ pub(crate) fn merge_segments(
             }
             Err(e) => return Err(e),
         };
-        let time = merged
-            .column(time_idx)
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .ok_or_else(|| Error::Internal("time column has the wrong type".into()))?;
-        if let (Some(lo), Some(hi)) = (arrow::compute::min(time), arrow::compute::max(time)) {
-            stats.min_time = stats.min_time.min(lo);
-            stats.max_time = stats.max_time.max(hi);
-        }
-        debug_assert_eq!(time.null_count(), 0);
         stats.rows_out += merged.num_rows() as u64;
         out(&merged)?;
     }

@@ -75,91 +75,144 @@ pub fn sort_dedup(batch: &RecordBatch) -> Result<RecordBatch> {
 }
 
 fn sort_dedup_with(batch: &RecordBatch, force_row_format: bool) -> Result<RecordBatch> {
-    let n = batch.num_rows();
-    if n == 0 {
+    if batch.num_rows() == 0 {
         return Ok(batch.clone());
     }
-    let keys = key_columns(batch);
-    let time_idx = *keys
-        .last()
-        .ok_or_else(|| crate::Error::Internal("no time column".into()))?;
-    let tag_idx = &keys[..keys.len() - 1];
-    let time = batch
-        .column(time_idx)
-        .as_any()
-        .downcast_ref::<TimestampNanosecondArray>()
-        .ok_or_else(|| crate::Error::Internal("time column has the wrong type".into()))?;
+    let order = SortedOrder::with(batch, force_row_format)?;
+    order.take(batch, 0..order.len())
+}
 
-    // order[i] = row index; same_as_prev[i] = row order[i] is the same point as order[i-1]
-    let ranks = if force_row_format {
-        None
-    } else {
-        series_ranks(batch, tag_idx)
-    };
-    let (order, same_as_prev) = match ranks {
-        Some(series) => {
-            let mut keyed: Vec<(u64, i64, u32)> = (0..n)
-                .map(|i| (series[i], time.value(i), i as u32))
-                .collect();
-            // the row index makes the unstable sort deterministic and keeps arrival order
-            keyed.sort_unstable();
-            let same = (0..n)
-                .map(|i| i > 0 && keyed[i].0 == keyed[i - 1].0 && keyed[i].1 == keyed[i - 1].1)
-                .collect::<Vec<bool>>();
-            (keyed.into_iter().map(|k| k.2).collect::<Vec<u32>>(), same)
-        }
-        None => {
-            // too many distinct tag values to pack into 64 bits: compare row encodings
-            let fields: Vec<SortField> = keys
+/// The sorted, deduplicated order of a batch's rows (what [`sort_dedup`] produces),
+/// taken a range at a time: a flush writes the rows in slices and never holds a second,
+/// sorted copy of the whole buffer.
+pub(crate) struct SortedOrder {
+    /// Row indices by series then time (then arrival).
+    order: Vec<u32>,
+    /// Positions in `order` where each distinct point starts, if any point has more
+    /// than one row; `None` when every row is its own point.
+    starts: Option<Vec<u32>>,
+    keys: Vec<usize>,
+}
+
+impl SortedOrder {
+    pub(crate) fn new(batch: &RecordBatch) -> Result<Self> {
+        Self::with(batch, false)
+    }
+
+    fn with(batch: &RecordBatch, force_row_format: bool) -> Result<Self> {
+        let n = batch.num_rows();
+        let keys = key_columns(batch);
+        let time_idx = *keys
+            .last()
+            .ok_or_else(|| crate::Error::Internal("no time column".into()))?;
+        let tag_idx = &keys[..keys.len() - 1];
+        let time = batch
+            .column(time_idx)
+            .as_any()
+            .downcast_ref::<TimestampNanosecondArray>()
+            .ok_or_else(|| crate::Error::Internal("time column has the wrong type".into()))?;
+
+        // order[i] = row index; same_as_prev(i) = row order[i] is the same point as order[i-1]
+        let ranks = if force_row_format {
+            None
+        } else {
+            series_ranks(batch, tag_idx)
+        };
+        let (order, starts) = match ranks {
+            Some(series) => {
+                let mut keyed: Vec<(u64, i64, u32)> = (0..n)
+                    .map(|i| (series[i], time.value(i), i as u32))
+                    .collect();
+                drop(series);
+                // the row index makes the unstable sort deterministic and keeps arrival order
+                keyed.sort_unstable();
+                let starts = group_starts(n, |i| {
+                    keyed[i].0 == keyed[i - 1].0 && keyed[i].1 == keyed[i - 1].1
+                });
+                (keyed.into_iter().map(|k| k.2).collect::<Vec<u32>>(), starts)
+            }
+            None => {
+                // too many distinct tag values to pack into 64 bits: compare row encodings
+                let fields: Vec<SortField> = keys
+                    .iter()
+                    .map(|&i| SortField::new(batch.schema().field(i).data_type().clone()))
+                    .collect();
+                let converter = RowConverter::new(fields)?;
+                let key_arrays: Vec<ArrayRef> =
+                    keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
+                let rows = converter.convert_columns(&key_arrays)?;
+                let mut order: Vec<u32> = (0..n as u32).collect();
+                order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+                let starts = group_starts(n, |i| {
+                    rows.row(order[i] as usize) == rows.row(order[i - 1] as usize)
+                });
+                (order, starts)
+            }
+        };
+        Ok(SortedOrder {
+            order,
+            starts,
+            keys,
+        })
+    }
+
+    /// Rows of the output (distinct points).
+    pub(crate) fn len(&self) -> usize {
+        self.starts.as_ref().map_or(self.order.len(), Vec::len)
+    }
+
+    /// Output rows `range` of `batch` (the batch this order was computed on).
+    pub(crate) fn take(
+        &self,
+        batch: &RecordBatch,
+        range: std::ops::Range<usize>,
+    ) -> Result<RecordBatch> {
+        let Some(starts) = &self.starts else {
+            let idx = UInt32Array::from(self.order[range].to_vec());
+            let columns = batch
+                .columns()
                 .iter()
-                .map(|&i| SortField::new(batch.schema().field(i).data_type().clone()))
-                .collect();
-            let converter = RowConverter::new(fields)?;
-            let key_arrays: Vec<ArrayRef> =
-                keys.iter().map(|&i| Arc::clone(batch.column(i))).collect();
-            let rows = converter.convert_columns(&key_arrays)?;
-            let mut order: Vec<u32> = (0..n as u32).collect();
-            order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
-            let same = (0..n)
-                .map(|i| i > 0 && rows.row(order[i] as usize) == rows.row(order[i - 1] as usize))
-                .collect::<Vec<bool>>();
-            (order, same)
+                .map(|c| take(c.as_ref(), &idx, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(RecordBatch::try_new(batch.schema(), columns)?);
+        };
+        let n = self.order.len();
+        let mut columns = Vec::with_capacity(batch.num_columns());
+        for (ci, col) in batch.columns().iter().enumerate() {
+            let is_key = self.keys.contains(&ci);
+            let mut idx = Vec::with_capacity(range.len());
+            for g in range.clone() {
+                let s = starts[g] as usize;
+                let e = starts.get(g + 1).map_or(n, |&e| e as usize);
+                let pick = if is_key {
+                    self.order[s]
+                } else {
+                    // last non-null in arrival order; the last row if all are null
+                    (s..e)
+                        .rev()
+                        .map(|i| self.order[i])
+                        .find(|&r| col.is_valid(r as usize))
+                        .unwrap_or(self.order[e - 1])
+                };
+                idx.push(pick);
+            }
+            columns.push(take(col.as_ref(), &UInt32Array::from(idx), None)?);
         }
-    };
-
-    if !same_as_prev.iter().any(|&s| s) {
-        let idx = UInt32Array::from(order);
-        let columns = batch
-            .columns()
-            .iter()
-            .map(|c| take(c.as_ref(), &idx, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(RecordBatch::try_new(batch.schema(), columns)?);
+        Ok(RecordBatch::try_new(batch.schema(), columns)?)
     }
+}
 
-    // group starts (positions in `order`) of each distinct point
-    let starts: Vec<usize> = (0..n).filter(|&i| !same_as_prev[i]).collect();
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    for (ci, col) in batch.columns().iter().enumerate() {
-        let is_key = keys.contains(&ci);
-        let mut idx = Vec::with_capacity(starts.len());
-        for (g, &s) in starts.iter().enumerate() {
-            let e = starts.get(g + 1).copied().unwrap_or(n);
-            let pick = if is_key {
-                order[s]
-            } else {
-                // last non-null in arrival order; the last row if all are null
-                (s..e)
-                    .rev()
-                    .map(|i| order[i])
-                    .find(|&r| col.is_valid(r as usize))
-                    .unwrap_or(order[e - 1])
-            };
-            idx.push(pick);
-        }
-        columns.push(take(col.as_ref(), &UInt32Array::from(idx), None)?);
-    }
-    Ok(RecordBatch::try_new(batch.schema(), columns)?)
+/// Where each distinct point starts in a sorted order of `n` rows, or `None` if no row
+/// repeats the point before it.
+fn group_starts(n: usize, same_as_prev: impl Fn(usize) -> bool) -> Option<Vec<u32>> {
+    let first_dup = (1..n).find(|&i| same_as_prev(i))?;
+    let mut starts: Vec<u32> = (0..first_dup as u32).collect();
+    starts.extend(
+        (first_dup..n)
+            .filter(|&i| !same_as_prev(i))
+            .map(|i| i as u32),
+    );
+    Some(starts)
 }
 
 /// For each row, a u64 whose order is the order of its tag values (tag by tag, nulls
@@ -233,6 +286,29 @@ fn writer_properties(schema: &SchemaRef, opts: &SegmentOptions) -> Result<Writer
         }
     }
     Ok(b.build())
+}
+
+/// Rows per slice when [`write_sorted`] writes a batch.
+const WRITE_SLICE_ROWS: usize = 64 * 1024;
+
+/// Sort and deduplicate `batch` (as [`sort_dedup`] does) and write it as a Parquet file
+/// published atomically at `path`, a slice at a time, so that the sorted rows are never
+/// all in memory beside the unsorted ones. Returns the file size and the rows written.
+pub(crate) fn write_sorted(
+    path: &Path,
+    batch: &RecordBatch,
+    opts: &SegmentOptions,
+) -> Result<(u64, u64)> {
+    let order = SortedOrder::new(batch)?;
+    let mut w = SegmentWriter::create(path, &batch.schema(), opts)?;
+    let n = order.len();
+    let mut at = 0;
+    while at < n {
+        let end = (at + WRITE_SLICE_ROWS).min(n);
+        w.write(&order.take(batch, at..end)?)?;
+        at = end;
+    }
+    Ok((w.finish()?, n as u64))
 }
 
 /// Write `batch` (already sorted and deduplicated) as a Parquet file published
@@ -377,5 +453,58 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .unwrap();
         assert_eq!((i.value(0), i.is_null(1), i.value(2)), (3, true, 7));
+    }
+
+    /// Written in slices, the file holds exactly what one `sort_dedup` gives: more rows
+    /// than a slice, duplicates (partly null) straddling slice boundaries, arrival order
+    /// scrambled.
+    #[test]
+    fn write_sorted_equals_sort_dedup() {
+        let n = WRITE_SLICE_ROWS * 5 + 777;
+        let mut b = BatchBuilder::new("db", Arc::new(Catalog::new())).unwrap();
+        for i in 0..n {
+            // ~n/3 distinct points, each written up to 3 times in scattered order
+            let k = (i * 7919) % (n / 3);
+            let sensor = format!("s{}", k % 50);
+            let mut fields = vec![("i", FieldValue::I64(i as i64))];
+            if i % 5 != 0 {
+                fields.push(("f", FieldValue::F64(i as f64)));
+            }
+            b.push_row(
+                "t",
+                &[("sensor", &sensor)],
+                &fields,
+                (k / 50) as i64,
+                i as u32,
+            )
+            .unwrap();
+        }
+        let batch = b.finish().unwrap().tables.remove(0).batch;
+        let want = sort_dedup(&batch).unwrap();
+        assert!(want.num_rows() > WRITE_SLICE_ROWS && want.num_rows() < n);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.parquet");
+        let (bytes, rows) = write_sorted(&path, &batch, &SegmentOptions::default()).unwrap();
+        assert_eq!(rows as usize, want.num_rows());
+        assert_eq!(bytes, std::fs::metadata(&path).unwrap().len());
+        let got: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&path).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        let got = arrow::compute::concat_batches(&got[0].schema(), &got).unwrap();
+        assert_eq!(got.num_rows(), want.num_rows());
+        for (g, w) in got.columns().iter().zip(want.columns()) {
+            // compare values, not dictionary layouts
+            let plain = |a: &ArrayRef| match a.data_type() {
+                DataType::Dictionary(_, v) => arrow::compute::cast(a, v).unwrap(),
+                _ => Arc::clone(a),
+            };
+            assert_eq!(&plain(g), &plain(w));
+        }
     }
 }

@@ -481,12 +481,17 @@ fn group_bytes(c: &Command) -> usize {
     }
 }
 
-/// Min and max of a batch's time column.
-pub(crate) fn time_range(batch: &RecordBatch) -> Result<(i64, i64)> {
-    let col = batch
+/// A batch's time column.
+pub(crate) fn time_column(batch: &RecordBatch) -> Result<&TimestampNanosecondArray> {
+    batch
         .column_by_name(TIME_COLUMN)
         .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
-        .ok_or_else(|| Error::Internal("batch without a time column".into()))?;
+        .ok_or_else(|| Error::Internal("batch without a time column".into()))
+}
+
+/// Min and max of a batch's time column.
+pub(crate) fn time_range(batch: &RecordBatch) -> Result<(i64, i64)> {
+    let col = time_column(batch)?;
     let mut min = i64::MAX;
     let mut max = i64::MIN;
     for &t in col.values().iter() {
