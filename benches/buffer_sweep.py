@@ -30,11 +30,11 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=5000)
     p.add_argument("--connections", type=int, default=4)
-    p.add_argument("--settings", default="256/1024,128/512,64/256,32/128",
-                   help="flush MiB/max buffer MiB pairs, comma-separated")
+    p.add_argument("--settings", default="256/1024,64/256,32/256,16/128",
+                   help="flush MiB/max buffer MiB[/compaction interval, e.g. off], comma-separated")
     p.add_argument("--no-peer", action="store_true", help="skip VictoriaMetrics")
     args = p.parse_args()
-    settings = [tuple(int(x) for x in s.split("/")) for s in args.settings.split(",")]
+    settings = [tuple(s.split("/")) for s in args.settings.split(",")]
     work = tempfile.mkdtemp(prefix="talo-sweep-")
     rows = args.sensors * args.steps
     runs = [("talo", s) for s in settings] + ([] if args.no_peer else [("victoriametrics", None)])
@@ -45,7 +45,8 @@ def main():
             for run in (runs if rnd % 2 == 0 else list(reversed(runs))):
                 name, s = run
                 if name == "talo":
-                    os.environ["TALO_FLUSH_SIZE_MB"], os.environ["TALO_MAX_BUFFER_MB"] = map(str, s)
+                    os.environ["TALO_FLUSH_SIZE_MB"], os.environ["TALO_MAX_BUFFER_MB"] = s[:2]
+                    os.environ["TALO_COMPACTION_INTERVAL"] = s[2] if len(s) > 2 else "60s"
                     sys_ = compare.Talo(args, work)
                 else:
                     sys_ = compare.Victoria(args, work)
@@ -59,20 +60,20 @@ def main():
                 if name == "talo":
                     got[run]["segments"].append(len(sys_.parquet_files()))
                 shutil.rmtree(sys_.dir, ignore_errors=True)
-                label = name if s is None else f"talo {s[0]}/{s[1]} MiB"
+                label = name if s is None else f"talo {'/'.join(s)}"
                 print(f"round {rnd + 1} {label}: {r['rows_per_s']:.0f} rows/s, peak RSS {rss:.0f} MiB", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        for k in ("TALO_FLUSH_SIZE_MB", "TALO_MAX_BUFFER_MB"):
+        for k in ("TALO_FLUSH_SIZE_MB", "TALO_MAX_BUFFER_MB", "TALO_COMPACTION_INTERVAL"):
             os.environ.pop(k, None)
     base = statistics.median(got[runs[0]]["rate"])
     print()
-    print("| system | flush / max buffer MiB | rows/s (median) | vs first | peak RSS MiB (max) | segments after SIGTERM |")
+    print("| system | flush / max buffer MiB [/ compaction] | rows/s (median) | vs first | peak RSS MiB (max) | segments after SIGTERM |")
     print("|---|---|---|---|---|---|")
     for run in runs:
         name, s = run
         rate = statistics.median(got[run]["rate"])
-        setting = "" if s is None else f"{s[0]} / {s[1]}"
+        setting = "" if s is None else " / ".join(s)
         segs = "" if not got[run]["segments"] else str(max(got[run]["segments"]))
         print(f"| {name} | {setting} | {rate:,.0f} | {rate / base:.2f} | {max(got[run]['rss']):.0f} | {segs} |")
 

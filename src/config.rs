@@ -70,18 +70,19 @@ pub(crate) struct ServeArgs {
     pub(crate) flush_interval: Duration,
 
     /// Flush the buffer when it holds this many MiB.
-    #[arg(long, env = "TALO_FLUSH_SIZE_MB", default_value_t = 256)]
+    #[arg(long, env = "TALO_FLUSH_SIZE_MB", default_value_t = 16)]
     pub(crate) flush_size_mb: usize,
 
     /// Writers wait while the buffer holds more than this many MiB.
-    #[arg(long, env = "TALO_MAX_BUFFER_MB", default_value_t = 1024)]
+    #[arg(long, env = "TALO_MAX_BUFFER_MB", default_value_t = 128)]
     pub(crate) max_buffer_mb: usize,
 
     /// Time partition of segments.
     #[arg(long, env = "TALO_PARTITION", value_parser = humantime::parse_duration, default_value = "1d")]
     pub(crate) partition: Duration,
 
-    /// How often to look for small segments to merge; `off` disables compaction.
+    /// How often to look for small segments to merge (a flush also triggers a look);
+    /// `off` disables compaction.
     #[arg(long, env = "TALO_COMPACTION_INTERVAL", value_parser = parse_interval_or_off, default_value = "60s")]
     pub(crate) compaction_interval: MaybeInterval,
 

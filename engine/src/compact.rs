@@ -54,7 +54,13 @@ use crate::writer::{time_column, time_range};
 
 /// Rows read from each input at a time by the streaming merge.
 const MERGE_BATCH_ROWS: usize = 16 * 1024;
-/// Most segments merged at once (bounds the merge's memory and open files).
+/// Rows a merge reads ahead over all its inputs together (each input gets its share, at
+/// least 1024), so the rows in flight do not grow with the fan-in. Measured on a 42-file
+/// merge of 16 MiB flush segments: ~90 MiB above idle with 128 Ki rows, ~80 with 16 Ki
+/// (and 30 % slower): most of a merge's memory is the inputs' decoded pages, not rows.
+const MERGE_ROWS_IN_FLIGHT: usize = 128 * 1024;
+/// Most segments merged at once (bounds the merge's memory and open files). 16 did not
+/// lower the peak of that merge and rewrote 2.3× as many rows.
 const MAX_RUN_FILES: usize = 64;
 /// Most outputs of one merge of overlapping segments (each is a Parquet writer holding
 /// up to a row group in memory), so such a merge takes at most this × `max_rows` rows.
@@ -89,6 +95,8 @@ impl Default for CompactionConfig {
 pub(crate) enum CompactRequest {
     /// Compact until nothing qualifies; answer with the number of merges.
     Now(oneshot::Sender<Result<usize>>),
+    /// A flush published segments: a partition may have gathered enough small ones.
+    Flushed,
     Stop,
 }
 
@@ -96,6 +104,8 @@ pub(crate) struct Compactor {
     pub cfg: EngineConfig,
     pub manifest: Arc<Mutex<Manifest>>,
     pub state: Arc<ArcSwap<Snapshot>>,
+    /// Set by a crash-like halt and at the start of a shutdown: a merge in progress is
+    /// dropped (nothing published), so that stopping never waits for one.
     pub halt: Arc<AtomicBool>,
     pub metrics: Arc<EngineMetrics>,
     /// Replaced segments waiting until no snapshot holds them.
@@ -116,10 +126,13 @@ impl Compactor {
         // left small or overlapping segments that every query would otherwise merge
         let mut next_wait = wait.min(Duration::from_secs(5));
         loop {
+            // A pass runs on the timer and after every flush (with small flushes under
+            // heavy ingest, partitions gather small segments much faster than the timer
+            // comes round); a pass over nothing worth merging costs a scan of the list.
             let req = match rx.recv_timeout(std::mem::replace(&mut next_wait, wait)) {
                 Ok(CompactRequest::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(CompactRequest::Now(resp)) => Some(resp),
-                Err(RecvTimeoutError::Timeout) => None,
+                Ok(CompactRequest::Flushed) | Err(RecvTimeoutError::Timeout) => None,
             };
             if self.halt.load(Ordering::Acquire) {
                 break;
@@ -312,12 +325,14 @@ impl Compactor {
             for o in &mut outs {
                 o.writer = Some(SegmentWriter::create(&o.path, &schema, &self.cfg.segment)?);
             }
+            // rows in flight stay about the same whatever the fan-in
+            let batch_rows = (MERGE_ROWS_IN_FLIGHT / run.len()).clamp(1024, MERGE_BATCH_ROWS);
             merge_segments(
                 &self.cfg.data_dir,
                 &run,
                 &schema,
                 &mut |b| cut.route(b, &mut outs),
-                MERGE_BATCH_ROWS,
+                batch_rows,
                 &self.halt,
             )
         })();

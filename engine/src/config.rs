@@ -22,9 +22,11 @@ pub struct EngineConfig {
     pub max_group_bytes: usize,
     /// Flush the buffer when its oldest row is this old. Default 10 min.
     pub flush_interval: Duration,
-    /// Flush the buffer when it holds this many bytes. Default 256 MiB.
+    /// Flush the buffer when it holds this many bytes. Default 16 MiB: peak memory
+    /// grows about 3× this (active + frozen generation + the flush's concatenation),
+    /// and larger flushes did not ingest faster (benches/buffer_sweep.py).
     pub flush_bytes: usize,
-    /// Writers wait (acks are delayed) while buffered data exceeds this. Default 1 GiB.
+    /// Writers wait (acks are delayed) while buffered data exceeds this. Default 128 MiB.
     pub max_buffer_bytes: usize,
     /// Width of a time partition in segments. Default one day.
     pub partition: Duration,
@@ -42,8 +44,8 @@ impl Default for EngineConfig {
             group_commit_window: Duration::from_millis(1),
             max_group_bytes: 16 << 20,
             flush_interval: Duration::from_secs(600),
-            flush_bytes: 256 << 20,
-            max_buffer_bytes: 1 << 30,
+            flush_bytes: 16 << 20,
+            max_buffer_bytes: 128 << 20,
             partition: Duration::from_secs(86_400),
             segment: SegmentOptions::default(),
             compaction: Default::default(),

@@ -56,6 +56,8 @@ pub(crate) struct Flusher {
     pub halt: Arc<AtomicBool>,
     pub metrics: Arc<EngineMetrics>,
     pub dirty: Arc<crate::dirty::DirtyRanges>,
+    /// Told after each flush (never waited on: a full queue already holds a request).
+    pub compact_tx: Sender<crate::compact::CompactRequest>,
 }
 
 /// Directory of a segment relative to the data directory.
@@ -213,6 +215,9 @@ impl Flusher {
         self.frozen_bytes
             .fetch_sub(generation.bytes, Ordering::AcqRel);
         let _ = self.done_tx.try_send(());
+        let _ = self
+            .compact_tx
+            .try_send(crate::compact::CompactRequest::Flushed);
         inc(&self.metrics.flushes, 1);
         inc(&self.metrics.flushed_rows, rows);
         if fail_here("flush::before_wal_delete") {

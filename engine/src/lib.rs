@@ -68,6 +68,8 @@ pub struct Engine {
     metrics: Arc<EngineMetrics>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     halt: Arc<AtomicBool>,
+    /// The compaction thread's halt: set by `halt` and at the start of `shutdown`.
+    compact_halt: Arc<AtomicBool>,
     closed: AtomicBool,
     recovery: RecoveryReport,
     /// Held while open; released by shutdown/halt so the directory can be reopened.
@@ -249,6 +251,8 @@ impl Engine {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // a merge in progress is dropped, not waited for (it is redone after restart)
+        self.compact_halt.store(true, Ordering::Release);
         let (tx, rx) = oneshot::channel();
         let res = match self.sender.send(Command::Shutdown(tx)) {
             Ok(()) => rx.blocking_recv().unwrap_or(Err(Error::ShuttingDown)),
@@ -264,6 +268,7 @@ impl Engine {
     pub fn halt(&self) {
         self.closed.store(true, Ordering::Release);
         self.halt.store(true, Ordering::Release);
+        self.compact_halt.store(true, Ordering::Release);
         let _ = self.compact_tx.try_send(compact::CompactRequest::Stop);
         self.join();
     }
@@ -288,6 +293,7 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.halt.store(true, Ordering::Release);
+        self.compact_halt.store(true, Ordering::Release);
     }
 }
 

@@ -204,11 +204,12 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
     );
 
     let manifest = Arc::new(std::sync::Mutex::new(manifest));
+    let compact_halt = Arc::new(AtomicBool::new(false));
     let compactor = crate::compact::Compactor {
         cfg: config.clone(),
         manifest: Arc::clone(&manifest),
         state: Arc::clone(&state),
-        halt: Arc::clone(&halt),
+        halt: Arc::clone(&compact_halt),
         metrics: Arc::clone(&metrics),
         graveyard: Vec::new(),
     };
@@ -222,6 +223,7 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         halt: Arc::clone(&halt),
         metrics: Arc::clone(&metrics),
         dirty: Arc::clone(&dirty),
+        compact_tx: compact_tx.clone(),
     };
     let (tx, rx) = bounded(queue);
     let threads = vec![
@@ -243,6 +245,7 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         state,
         sender: tx,
         compact_tx,
+        compact_halt,
         retention_lock: Mutex::new(()),
         metrics,
         threads: Mutex::new(threads),

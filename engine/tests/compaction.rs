@@ -471,3 +471,38 @@ fn retention_drops_expired_segments() {
         Some(std::time::Duration::from_secs(30 * 86_400))
     );
 }
+
+/// A flush wakes the compactor: a partition that gathers `min_files` small segments is
+/// merged at once, not when the timer (an hour here; the first pass 5 s after startup)
+/// comes round. With 16 MiB flushes under heavy ingest, partitions gather small
+/// segments every few seconds.
+#[test]
+fn a_flush_wakes_compaction() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 4, 1 << 30);
+    cfg.compaction.interval = Some(std::time::Duration::from_secs(3600));
+    let opened = std::time::Instant::now();
+    let engine = Engine::open(cfg).unwrap();
+    let mut model = BTreeMap::new();
+    for round in 0..4 {
+        write_round(&engine, round, 40, &mut model);
+    }
+    // 4 flushes × 3 day partitions, merged into one segment per partition
+    let deadline = opened + std::time::Duration::from_secs(30);
+    while engine.snapshot().segments.len() != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} segments",
+            engine.snapshot().segments.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        opened.elapsed() < std::time::Duration::from_secs(5),
+        "merged only after {:?}: the first timer pass, not the flush, did it",
+        opened.elapsed()
+    );
+    assert_eq!(materialize(&engine), model);
+    engine.shutdown().unwrap();
+}

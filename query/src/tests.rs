@@ -11,8 +11,13 @@ use super::*;
 /// A ready server state over a fresh engine in a temp dir.
 fn setup_with(http: HttpConfig, query: QueryConfig) -> (tempfile::TempDir, Arc<AppState>, Router) {
     let dir = tempfile::tempdir().unwrap();
+    // compaction off: the tests lay out segments (overlapping ones included) on purpose
     let engine = Engine::open(talo_engine::EngineConfig {
         data_dir: dir.path().to_path_buf(),
+        compaction: talo_engine::CompactionConfig {
+            interval: None,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .unwrap();
