@@ -23,13 +23,7 @@ import compare  # noqa: E402
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--talo", required=True)
-    p.add_argument("--loadgen", required=True)
-    p.add_argument("--sensors", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=8640)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--batch", type=int, default=5000)
-    p.add_argument("--connections", type=int, default=4)
+    compare.load_args(p, rounds=2)
     p.add_argument("--settings", default="256/1024,64/256,32/256,16/128",
                    help="flush MiB/max buffer MiB[/compaction interval, e.g. off], comma-separated")
     p.add_argument("--no-peer", action="store_true", help="skip VictoriaMetrics")

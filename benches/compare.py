@@ -431,15 +431,20 @@ def crash_restart(args, cls, work):
     return secs
 
 
-def main():
-    p = argparse.ArgumentParser()
+def load_args(p, rounds):
+    """The binaries, the data and the loader's options (shared with buffer_sweep.py)."""
     p.add_argument("--talo", required=True)
     p.add_argument("--loadgen", required=True)
     p.add_argument("--sensors", type=int, default=1000)
     p.add_argument("--steps", type=int, default=8640)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=rounds)
     p.add_argument("--batch", type=int, default=5000)
     p.add_argument("--connections", type=int, default=4)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    load_args(p, rounds=3)
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--crash-rows", type=int, default=1_000_000)
