@@ -185,7 +185,9 @@ class Talo(System):
         # every row is in segments (what DuckDB reads), then compaction gets its pass.
         self.stop()
         self.start()
-        self.wait_stable(30)
+        # compaction's first pass comes 5 s after startup: settled means after it
+        started = time.monotonic()
+        self.wait_stable(120, extra=lambda: time.monotonic() - started > 7)
 
     def parquet_files(self):
         """The live segments of bench.env, from the manifest (not files awaiting deletion)."""

@@ -98,6 +98,20 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_COMPACTION_MAX_ROWS", default_value_t = 8 << 20)]
     pub(crate) compaction_max_rows: u64,
 
+    /// zstd level of flushed segments (1..=22): higher is smaller and slower to write.
+    #[arg(long, env = "TALO_SEGMENT_ZSTD_LEVEL", default_value_t = 3)]
+    pub(crate) segment_zstd_level: i32,
+
+    /// Most rows in one Parquet data page of a segment. Smaller pages let time and tag
+    /// filters skip more of a file (page index); larger pages compress a little better.
+    #[arg(long, env = "TALO_SEGMENT_PAGE_ROWS", default_value_t = talo_engine::segment::SegmentOptions::default().page_rows)]
+    pub(crate) segment_page_rows: usize,
+
+    /// zstd level of merged segments (1..=22); merges run in the background, so they
+    /// may compress harder than flushes.
+    #[arg(long, env = "TALO_COMPACTION_ZSTD_LEVEL", default_value_t = 7)]
+    pub(crate) compaction_zstd_level: i32,
+
     /// Largest accepted HTTP request body in MiB (after gzip decoding).
     #[arg(long, env = "TALO_MAX_BODY_MB", default_value_t = 64)]
     pub(crate) max_body_mb: usize,
@@ -191,6 +205,12 @@ impl ServeArgs {
                 min_files: self.compaction_min_files,
                 target_bytes: self.compaction_target_mb << 20,
                 max_rows: self.compaction_max_rows,
+                zstd_level: self.compaction_zstd_level,
+            },
+            segment: talo_engine::segment::SegmentOptions {
+                zstd_level: self.segment_zstd_level,
+                page_rows: self.segment_page_rows,
+                ..Default::default()
             },
             ..Default::default()
         }

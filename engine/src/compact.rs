@@ -49,8 +49,8 @@ use crate::flush::segment_rel_path;
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::merge::{MergeStats, merge_segments};
 use crate::metrics::{EngineMetrics, inc};
-use crate::segment::SegmentWriter;
-use crate::writer::{time_column, time_range};
+use crate::segment::{SegmentOptions, SegmentWriter};
+use crate::writer::time_column;
 
 /// Rows read from each input at a time by the streaming merge.
 const MERGE_BATCH_ROWS: usize = 16 * 1024;
@@ -77,6 +77,10 @@ pub struct CompactionConfig {
     pub target_bytes: u64,
     /// Most rows in one merged segment. Default 8 Mi rows.
     pub max_rows: u64,
+    /// zstd level of merged segments. Default 7: merged data is what stays on disk, and
+    /// the merge runs in the background, so it may spend more CPU than a flush
+    /// (settled bytes per field value −7 % against level 3, benches/segment_sweep.py).
+    pub zstd_level: i32,
 }
 
 impl Default for CompactionConfig {
@@ -86,6 +90,7 @@ impl Default for CompactionConfig {
             min_files: 8,
             target_bytes: 256 << 20,
             max_rows: 8 << 20,
+            zstd_level: 7,
         }
     }
 }
@@ -321,9 +326,13 @@ impl Compactor {
             })
             .collect();
         let cut = TimeCut::new(lo, hi, parts);
+        let opts = SegmentOptions {
+            zstd_level: self.cfg.compaction.zstd_level,
+            ..self.cfg.segment
+        };
         let result = (|| -> Result<Option<MergeStats>> {
             for o in &mut outs {
-                o.writer = Some(SegmentWriter::create(&o.path, &schema, &self.cfg.segment)?);
+                o.writer = Some(SegmentWriter::create(&o.path, &schema, &opts)?);
             }
             // rows in flight stay about the same whatever the fan-in
             let batch_rows = (MERGE_ROWS_IN_FLIGHT / run.len()).clamp(1024, MERGE_BATCH_ROWS);
@@ -529,14 +538,19 @@ impl TimeCut {
     fn route(&self, b: &RecordBatch, outs: &mut [Output]) -> Result<()> {
         let time = time_column(b)?;
         let mut idx: Vec<Vec<u32>> = vec![Vec::new(); self.parts];
+        // (min, max) time of each part's rows, found while routing them
+        let mut ranges = vec![(i64::MAX, i64::MIN); self.parts];
+        for (i, &t) in time.values().iter().enumerate() {
+            let p = self.part_of(t);
+            if self.parts > 1 {
+                idx[p].push(i as u32);
+            }
+            ranges[p] = (ranges[p].0.min(t), ranges[p].1.max(t));
+        }
         if self.parts == 1 {
             idx[0] = (0..b.num_rows() as u32).collect();
-        } else {
-            for (i, t) in time.values().iter().enumerate() {
-                idx[self.part_of(*t)].push(i as u32);
-            }
         }
-        for (o, rows) in outs.iter_mut().zip(idx) {
+        for ((o, rows), (lo, hi)) in outs.iter_mut().zip(idx).zip(ranges) {
             if rows.is_empty() {
                 continue;
             }
@@ -551,7 +565,6 @@ impl TimeCut {
                     .collect::<std::result::Result<Vec<_>, _>>()?;
                 RecordBatch::try_new(b.schema(), cols)?
             };
-            let (lo, hi) = time_range(&part)?;
             o.min_time = o.min_time.min(lo);
             o.max_time = o.max_time.max(hi);
             o.rows += part.num_rows() as u64;

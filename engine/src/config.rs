@@ -70,11 +70,15 @@ impl EngineConfig {
         if self.flush_interval.is_zero() {
             return Err(Error::Config("flush interval must be > 0".into()));
         }
-        if !(1..=22).contains(&self.segment.zstd_level) {
+        if !(1..=22).contains(&self.segment.zstd_level)
+            || !(1..=22).contains(&self.compaction.zstd_level)
+        {
             return Err(Error::Config("zstd level must be within 1..=22".into()));
         }
-        if self.segment.row_group_rows == 0 {
-            return Err(Error::Config("row group size must be > 0".into()));
+        if self.segment.row_group_rows == 0 || self.segment.page_rows == 0 {
+            return Err(Error::Config(
+                "row group and page sizes must be > 0 rows".into(),
+            ));
         }
         if self.compaction.min_files < 2 || self.compaction.max_rows == 0 {
             return Err(Error::Config(

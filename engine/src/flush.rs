@@ -131,7 +131,13 @@ impl Flusher {
                 };
                 let batch = concat_chunks(chunks, &def.schema())?;
                 let mut parts = Partitions::new(&batch, width)?;
-                while let Some((partition, part)) = parts.next()? {
+                while let Some(Part {
+                    start: partition,
+                    min_time,
+                    max_time,
+                    rows: part,
+                }) = parts.next()?
+                {
                     let id = {
                         let mut m = self.manifest.lock().map_err(|_| poisoned())?;
                         m.next_segment_id += 1;
@@ -141,7 +147,6 @@ impl Flusher {
                     let path = dir.join(&rel);
                     written.push(path.clone());
                     // deduplication keeps every point's time: the range is the input's
-                    let (min_time, max_time) = crate::writer::time_range(&part)?;
                     let (bytes, rows) = write_sorted(&path, &part, &self.cfg.segment)?;
                     drop(part);
                     new_segments.push(SegmentMeta {
@@ -263,41 +268,63 @@ pub(crate) fn delete_wal_through(wal_dir: &Path, through: u64) {
 /// that a flush holds at most one partition's copy beside the batch.
 struct Partitions<'a> {
     batch: &'a RecordBatch,
-    /// Partition start of each row.
+    /// Partition start of each row; empty when all rows are in one partition.
     of_row: Vec<i64>,
-    /// Distinct partitions, last first.
-    left: Vec<i64>,
-    /// All rows are in one partition.
-    single: bool,
+    /// Distinct partitions with their rows' min and max time, last first.
+    left: Vec<(i64, i64, i64)>,
 }
 
 impl<'a> Partitions<'a> {
     fn new(batch: &'a RecordBatch, width: i64) -> Result<Self> {
         let time = crate::writer::time_column(batch)?;
-        let of_row: Vec<i64> = time
-            .values()
-            .iter()
-            .map(|&t| partition_start(t, width))
-            .collect();
-        let mut left = of_row.clone();
-        left.sort_unstable_by(|a, b| b.cmp(a));
-        left.dedup();
+        let mut ranges: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        let mut of_row: Vec<i64> = Vec::with_capacity(time.len());
+        for &t in time.values().iter() {
+            let p = partition_start(t, width);
+            let r = ranges.entry(p).or_insert((t, t));
+            r.0 = r.0.min(t);
+            r.1 = r.1.max(t);
+            of_row.push(p);
+        }
+        if ranges.len() <= 1 {
+            of_row = Vec::new();
+        }
         Ok(Partitions {
             batch,
             of_row,
-            single: left.len() == 1,
-            left,
+            left: ranges
+                .into_iter()
+                .rev()
+                .map(|(p, (lo, hi))| (p, lo, hi))
+                .collect(),
         })
     }
 
-    fn next(&mut self) -> Result<Option<(i64, RecordBatch)>> {
-        let Some(p) = self.left.pop() else {
+    /// The next partition's rows.
+    fn next(&mut self) -> Result<Option<Part>> {
+        let Some((start, min_time, max_time)) = self.left.pop() else {
             return Ok(None);
         };
-        if self.single {
-            return Ok(Some((p, self.batch.clone())));
-        }
-        let mask = BooleanArray::from(self.of_row.iter().map(|&x| x == p).collect::<Vec<_>>());
-        Ok(Some((p, filter_record_batch(self.batch, &mask)?)))
+        let rows = if self.of_row.is_empty() {
+            self.batch.clone()
+        } else {
+            let mask =
+                BooleanArray::from(self.of_row.iter().map(|&x| x == start).collect::<Vec<_>>());
+            filter_record_batch(self.batch, &mask)?
+        };
+        Ok(Some(Part {
+            start,
+            min_time,
+            max_time,
+            rows,
+        }))
     }
+}
+
+/// The rows of one time partition, from [`Partitions::next`].
+struct Part {
+    start: i64,
+    min_time: i64,
+    max_time: i64,
+    rows: RecordBatch,
 }

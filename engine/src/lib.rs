@@ -267,10 +267,15 @@ impl Engine {
     /// everything acknowledged). For tests and for giving up after a fatal error.
     pub fn halt(&self) {
         self.closed.store(true, Ordering::Release);
-        self.halt.store(true, Ordering::Release);
-        self.compact_halt.store(true, Ordering::Release);
+        self.stop_threads();
         let _ = self.compact_tx.try_send(compact::CompactRequest::Stop);
         self.join();
+    }
+
+    /// Tell the writer/flush threads and any merge in progress to stop now.
+    fn stop_threads(&self) {
+        self.halt.store(true, Ordering::Release);
+        self.compact_halt.store(true, Ordering::Release);
     }
 
     fn join(&self) {
@@ -292,8 +297,7 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        self.halt.store(true, Ordering::Release);
-        self.compact_halt.store(true, Ordering::Release);
+        self.stop_threads();
     }
 }
 

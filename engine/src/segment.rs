@@ -12,9 +12,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, DictionaryArray, StringArray, TimestampNanosecondArray, UInt32Array,
-};
+use arrow::array::{Array, ArrayRef, DictionaryArray, StringArray, UInt32Array};
 use arrow::compute::take;
 use arrow::datatypes::{DataType, Int32Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -36,6 +34,8 @@ pub struct SegmentOptions {
     pub zstd_level: i32,
     /// Rows per row group.
     pub row_group_rows: usize,
+    /// Most rows per data page.
+    pub page_rows: usize,
 }
 
 impl Default for SegmentOptions {
@@ -43,6 +43,7 @@ impl Default for SegmentOptions {
         SegmentOptions {
             zstd_level: 3,
             row_group_rows: 256 * 1024,
+            page_rows: 20_000,
         }
     }
 }
@@ -103,15 +104,9 @@ impl SortedOrder {
     fn with(batch: &RecordBatch, force_row_format: bool) -> Result<Self> {
         let n = batch.num_rows();
         let keys = key_columns(batch);
-        let time_idx = *keys
-            .last()
-            .ok_or_else(|| crate::Error::Internal("no time column".into()))?;
-        let tag_idx = &keys[..keys.len() - 1];
-        let time = batch
-            .column(time_idx)
-            .as_any()
-            .downcast_ref::<TimestampNanosecondArray>()
-            .ok_or_else(|| crate::Error::Internal("time column has the wrong type".into()))?;
+        // keys = tag columns then the time column
+        let tag_idx = &keys[..keys.len().saturating_sub(1)];
+        let time = crate::writer::time_column(batch)?;
 
         // order[i] = row index; same_as_prev(i) = row order[i] is the same point as order[i-1]
         let ranks = if force_row_format {
@@ -272,6 +267,9 @@ fn writer_properties(schema: &SchemaRef, opts: &SegmentOptions) -> Result<Writer
         .set_compression(Compression::ZSTD(level))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(opts.row_group_rows))
+        // the writer checks the page limit every write batch: keep batches within it
+        .set_write_batch_size(opts.page_rows.clamp(1, 1024))
+        .set_data_page_row_count_limit(opts.page_rows)
         .set_sorting_columns(Some(sorting))
         .set_created_by(format!("talo {}", env!("CARGO_PKG_VERSION")));
     // Dictionary encoding (the default) suits float sensor values: they are quantized to

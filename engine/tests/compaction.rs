@@ -34,6 +34,7 @@ fn config(dir: &Path, min_files: usize, target_bytes: u64) -> EngineConfig {
             min_files,
             target_bytes,
             max_rows: 1 << 20,
+            ..CompactionConfig::default()
         },
         ..EngineConfig::default()
     }
@@ -504,5 +505,74 @@ fn a_flush_wakes_compaction() {
         opened.elapsed()
     );
     assert_eq!(materialize(&engine), model);
+    engine.shutdown().unwrap();
+}
+
+/// Merged segments are written at the compaction's zstd level, not the flush's: the same
+/// writes merged at level 19 take fewer bytes than merged at level 1, with the same rows.
+#[test]
+fn merges_use_the_compaction_zstd_level() {
+    let _s = serial();
+    let mut sizes = Vec::new();
+    let mut contents = Vec::new();
+    for level in [1, 19] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 2, 1 << 30);
+        cfg.compaction.zstd_level = level;
+        let engine = Engine::open(cfg).unwrap();
+        let mut model = BTreeMap::new();
+        for round in 0..4 {
+            write_round(&engine, round, 3000, &mut model);
+        }
+        assert!(engine.compact_blocking().unwrap() > 0, "a merge ran");
+        let snap = engine.snapshot();
+        assert!(
+            snap.segments.iter().all(|s| s.seq.is_some()),
+            "every segment is a merge output"
+        );
+        sizes.push(snap.segments.iter().map(|s| s.bytes).sum::<u64>());
+        let got = materialize(&engine);
+        assert_eq!(got, model);
+        contents.push(got);
+        engine.shutdown().unwrap();
+    }
+    assert_eq!(contents[0], contents[1]);
+    assert!(
+        sizes[1] < sizes[0],
+        "level 19 ({} bytes) is smaller than level 1 ({} bytes)",
+        sizes[1],
+        sizes[0]
+    );
+}
+
+/// A flush over several days writes one segment per day, each recording the min and max
+/// time of exactly its rows (queries prune segments by them), inside its partition.
+#[test]
+fn flushed_segments_record_their_time_range() {
+    let _s = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 100, 1 << 30)).unwrap();
+    let mut model = BTreeMap::new();
+    write_round(&engine, 0, 3000, &mut model);
+    let snap = engine.snapshot();
+    let schema = snap.table("house", "env").unwrap().table.schema();
+    assert_eq!(snap.segments.len(), 3, "one segment per day");
+    for s in snap.segments.iter() {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for b in read_segment(dir.path(), s, &schema).unwrap() {
+            let t = b
+                .column_by_name("time")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<TimestampNanosecondArray>()
+                .unwrap();
+            for &v in t.values().iter() {
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+        }
+        assert_eq!((s.min_time, s.max_time), (lo, hi), "segment {}", s.path);
+        assert!(s.partition <= lo && hi < s.partition + DAY);
+    }
     engine.shutdown().unwrap();
 }
