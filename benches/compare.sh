@@ -7,7 +7,7 @@
 # Usage: benches/compare.sh [--quick] [extra compare.py options, e.g. --sensors 2000]
 #   default: 1000 sensors x 1 day (8.64 M rows), 3 rounds      (~15 min here)
 #   --quick: 200 sensors x 1 day (1.73 M rows), 1 round, fewer query runs (~5 min)
-# The report is printed and written to benches/results/compare-<date>[-quick].md
+# The report is printed and written to benches/results/compare-<date>[-quick][-N].md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cmdline="benches/compare.sh $*"
@@ -33,6 +33,9 @@ cargo build --release --bin talo --bench loadgen >/dev/null 2>&1 || cargo build 
 loadgen=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
 mkdir -p benches/results
 out="benches/results/compare-$(date -u +%Y-%m-%d)$suffix.md"
+# a second run on the same day gets -2, -3, ... instead of overwriting the first
+n=2; base="${out%.md}"
+while [ -e "$out" ]; do out="$base-$n.md"; n=$((n + 1)); done
 {
   echo "# talo vs peers — $(date -u +%Y-%m-%dT%H:%MZ)"
   echo

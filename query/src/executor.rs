@@ -166,9 +166,26 @@ impl QueryExecutor {
         self.config.max_concurrent.max(1) - self.permits.available_permits()
     }
 
-    /// Segment footers (with page indexes) held by the metadata cache now.
+    /// Segment footers held by the metadata cache now.
     pub fn cached_segment_footers(&self) -> usize {
         self.metadata_cache.len()
+    }
+
+    /// Cached segment footers that include the page index (so that no query has to
+    /// read and decode it again).
+    pub fn cached_page_indexes(&self) -> usize {
+        self.metadata_cache
+            .list_entries()
+            .values()
+            .filter(|e| {
+                e.value
+                    .file_metadata
+                    .extra_info()
+                    .get("page_index")
+                    .map(String::as_str)
+                    == Some("true")
+            })
+            .count()
     }
 
     /// A concurrency slot (429 when none is free) and the runtime to run on.

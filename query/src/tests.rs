@@ -352,6 +352,9 @@ async fn sql_sees_buffer_and_segments_with_one_row_per_point() {
     assert_eq!(v, serde_json::json!([{"n": 1}]));
     // the segments' footers were kept for the next query (two segments were flushed)
     assert_eq!(state.executor.cached_segment_footers(), 2);
+    // with their page indexes, which time filters use (DataFusion's opener would
+    // otherwise read and decode them again for every query)
+    assert_eq!(state.executor.cached_page_indexes(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
