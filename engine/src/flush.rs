@@ -268,30 +268,27 @@ pub(crate) fn delete_wal_through(wal_dir: &Path, through: u64) {
 /// that a flush holds at most one partition's copy beside the batch.
 struct Partitions<'a> {
     batch: &'a RecordBatch,
-    /// Partition start of each row; empty when all rows are in one partition.
-    of_row: Vec<i64>,
+    /// Partition width (ns).
+    width: i64,
     /// Distinct partitions with their rows' min and max time, last first.
     left: Vec<(i64, i64, i64)>,
+    /// All rows are in one partition (the batch is the partition, no copy).
+    single: bool,
 }
 
 impl<'a> Partitions<'a> {
     fn new(batch: &'a RecordBatch, width: i64) -> Result<Self> {
         let time = crate::writer::time_column(batch)?;
         let mut ranges: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
-        let mut of_row: Vec<i64> = Vec::with_capacity(time.len());
         for &t in time.values().iter() {
-            let p = partition_start(t, width);
-            let r = ranges.entry(p).or_insert((t, t));
+            let r = ranges.entry(partition_start(t, width)).or_insert((t, t));
             r.0 = r.0.min(t);
             r.1 = r.1.max(t);
-            of_row.push(p);
-        }
-        if ranges.len() <= 1 {
-            of_row = Vec::new();
         }
         Ok(Partitions {
             batch,
-            of_row,
+            width,
+            single: ranges.len() <= 1,
             left: ranges
                 .into_iter()
                 .rev()
@@ -305,11 +302,17 @@ impl<'a> Partitions<'a> {
         let Some((start, min_time, max_time)) = self.left.pop() else {
             return Ok(None);
         };
-        let rows = if self.of_row.is_empty() {
+        let rows = if self.single {
             self.batch.clone()
         } else {
-            let mask =
-                BooleanArray::from(self.of_row.iter().map(|&x| x == start).collect::<Vec<_>>());
+            // each row's partition is recomputed from its time rather than kept (8 bytes
+            // a row held through the whole flush)
+            let time = crate::writer::time_column(self.batch)?;
+            let mask: BooleanArray = time
+                .values()
+                .iter()
+                .map(|&t| Some(partition_start(t, self.width) == start))
+                .collect();
             filter_record_batch(self.batch, &mask)?
         };
         Ok(Some(Part {
