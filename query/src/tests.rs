@@ -357,6 +357,52 @@ async fn sql_sees_buffer_and_segments_with_one_row_per_point() {
     assert_eq!(state.executor.cached_page_indexes(), 2);
 }
 
+/// The `predicate=` of each Parquet scan in an EXPLAIN answer, split into its terms.
+fn scan_predicates(v: &serde_json::Value) -> Vec<Vec<String>> {
+    let plan = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["plan_type"] == "physical_plan")
+        .and_then(|r| r["plan"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    plan.lines()
+        .filter(|l| l.contains("file_type=parquet"))
+        .filter_map(|l| {
+            let p = l.split(", predicate=").nth(1)?;
+            let p = p.split(", pruning_predicate=").next()?;
+            Some(p.split(" AND ").map(str::to_string).collect())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_scans_prune_with_each_filter_once() {
+    let (_d, state, app) = setup();
+    let body = "env,room=a t=1 100\nenv,room=b t=2 100\nenv,room=a t=3 200\n";
+    let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    state.engine().unwrap().flush().await.unwrap();
+    let q = "SELECT sum(t) AS st FROM env WHERE room = 'a' AND time >= '1970-01-01T00:01:00Z' AND time < '1970-01-01T00:05:00Z'";
+    let (s, v) = sql(&app, "house", &format!("EXPLAIN {q}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let scans = scan_predicates(&v);
+    assert_eq!(scans.len(), 1, "{v}");
+    // every filter reaches the scan (pruning), and only once: DataFusion's filter
+    // pushdown ANDs the FilterExec onto the predicate the table provider already set
+    let terms = &scans[0];
+    assert_eq!(terms.len(), 3, "{terms:?}");
+    let mut distinct = terms.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), terms.len(), "{terms:?}");
+    assert!(terms.iter().any(|t| t.contains("room")), "{terms:?}");
+    let (s, v) = sql(&app, "house", q).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, serde_json::json!([{"st": 4.0}]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn formats_and_post_bodies() {
     let (_d, _state, app) = setup();
