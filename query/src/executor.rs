@@ -222,14 +222,13 @@ impl QueryExecutor {
         sql: &str,
     ) -> Result<QueryStream, QueryError> {
         let (permit, rt) = self.admit()?;
-        let session = Session::new(&self.template, engine, who, db, &self.config);
+        let session = self.session(engine, who, db)?;
         let cfg = self.config.clone();
         let sql = sql.to_string();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Streamed, QueryError>>(2);
         rt.spawn(async move {
             let timeout = cfg.timeout;
             let produce = async {
-                let session = session.map_err(|e| QueryError::Execution(e.to_string()))?;
                 let df = plan(&session.ctx, &sql, &cfg).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
                 if tx.send(Ok(Streamed::Schema(schema))).await.is_err() {
@@ -279,7 +278,7 @@ impl QueryExecutor {
         sql: &str,
     ) -> Result<QueryOutput, QueryError> {
         let (permit, rt) = self.admit()?;
-        let session = Session::new(&self.template, engine, who, db, &self.config);
+        let session = self.session(engine, who, db)?;
         let cfg = self.config.clone();
         let sql = sql.to_string();
         let task = rt.spawn(async move {
@@ -297,7 +296,7 @@ impl QueryExecutor {
 
 /// The session every query starts from as a clone (see `QueryExecutor::template`). Its own
 /// runtime environment serves planning only (object store, the shared footer cache);
-/// each query executes under its own (`Session::new`), which carries its memory limit.
+/// each query executes under its own (`QueryExecutor::session`), which carries its memory limit.
 fn template(
     cfg: &QueryConfig,
     metadata_cache: Arc<FileMetadataCache>,
@@ -356,15 +355,15 @@ struct Session {
     runtime: Arc<RuntimeEnv>,
 }
 
-impl Session {
-    fn new(
-        template: &SessionState,
+impl QueryExecutor {
+    /// The session of one query over `engine`'s current snapshot.
+    fn session(
+        &self,
         engine: &Arc<Engine>,
         who: &Principal,
         db: &str,
-        cfg: &QueryConfig,
-    ) -> Result<Self, DataFusionError> {
-        let mut state = template.clone();
+    ) -> Result<Session, QueryError> {
+        let mut state = self.template.clone();
         state.config_mut().options_mut().catalog.default_schema = db.to_string();
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(
@@ -376,13 +375,16 @@ impl Session {
             )),
         );
         state.register_catalog_list(Arc::new(catalogs));
-        let cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let runtime = query_runtime(&self.config, Arc::clone(&self.metadata_cache))
+            .map_err(|e| QueryError::Execution(e.to_string()))?;
         Ok(Session {
             ctx: SessionContext::new_with_state(state),
-            runtime: query_runtime(cfg, cache)?,
+            runtime,
         })
     }
+}
 
+impl Session {
     /// Plan `df` and start it under this query's runtime.
     async fn execute(
         &self,
@@ -396,11 +398,10 @@ impl Session {
 }
 
 async fn execute(
-    session: Result<Session, DataFusionError>,
+    session: Session,
     cfg: QueryConfig,
     sql: String,
 ) -> Result<QueryOutput, QueryError> {
-    let session = session.map_err(|e| QueryError::Execution(e.to_string()))?;
     let df = plan(&session.ctx, &sql, &cfg).await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     // the result is held until it is encoded: count it against the query's memory pool
