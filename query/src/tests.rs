@@ -357,17 +357,21 @@ async fn sql_sees_buffer_and_segments_with_one_row_per_point() {
     assert_eq!(state.executor.cached_page_indexes(), 2);
 }
 
-/// The `predicate=` of each Parquet scan in an EXPLAIN answer, split into its terms.
-fn scan_predicates(v: &serde_json::Value) -> Vec<Vec<String>> {
-    let plan = v
-        .as_array()
+/// The text of the plan of an EXPLAIN (ANALYZE) answer.
+fn plan_text(v: &serde_json::Value, plan_type: &str) -> String {
+    v.as_array()
         .unwrap()
         .iter()
-        .find(|r| r["plan_type"] == "physical_plan")
+        .find(|r| r["plan_type"] == plan_type)
         .and_then(|r| r["plan"].as_str())
         .unwrap_or_default()
-        .to_string();
-    plan.lines()
+        .to_string()
+}
+
+/// The `predicate=` of each Parquet scan in an EXPLAIN answer, split into its terms.
+fn scan_predicates(v: &serde_json::Value) -> Vec<Vec<String>> {
+    plan_text(v, "physical_plan")
+        .lines()
         .filter(|l| l.contains("file_type=parquet"))
         .filter_map(|l| {
             let p = l.split(", predicate=").nth(1)?;
@@ -401,6 +405,47 @@ async fn segment_scans_prune_with_each_filter_once() {
     let (s, v) = sql(&app, "house", q).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v, serde_json::json!([{"st": 4.0}]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_run_while_decoding_where_time_bounds_cut_a_segment() {
+    let (_d, state, app) = setup();
+    let body: String = (0..=10)
+        .flat_map(|i| {
+            let t = 100 + 10 * i;
+            [
+                format!("env,room=a t={i} {t}\n"),
+                format!("env,room=b t={i} {t}\n"),
+            ]
+        })
+        .collect();
+    let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    state.engine().unwrap().flush().await.unwrap();
+
+    // bounds cutting the segment (100 s ..= 200 s): the rows before 150 s are dropped
+    // while decoding, and no FilterExec is left above the scan
+    let cut = "SELECT count(*) AS n, sum(t) AS st FROM env WHERE time >= '1970-01-01T00:02:30Z'";
+    let (s, v) = sql(&app, "house", &format!("EXPLAIN ANALYZE {cut}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let plan = plan_text(&v, "Plan with Metrics");
+    assert!(plan.contains("pushdown_rows_pruned=10,"), "{plan}");
+    assert!(plan.contains("pushdown_rows_matched=12,"), "{plan}");
+    assert!(!plan.contains("FilterExec"), "{plan}");
+    let (s, v) = sql(&app, "house", cut).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, serde_json::json!([{"n": 12, "st": 90.0}]));
+
+    // bounds holding the whole segment: the filter drops nothing, so it is not run
+    // while decoding (that would only cost); FilterExec applies it as before
+    let whole = "SELECT count(*) AS n FROM env WHERE time >= '1970-01-01T00:01:00Z'";
+    let (s, v) = sql(&app, "house", &format!("EXPLAIN {whole}")).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let plan = plan_text(&v, "physical_plan");
+    assert!(plan.contains("FilterExec"), "{plan}");
+    let (s, v) = sql(&app, "house", whole).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, serde_json::json!([{"n": 22}]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
