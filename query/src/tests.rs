@@ -278,6 +278,13 @@ async fn sql(app: &Router, db: &str, q: &str) -> (StatusCode, serde_json::Value)
     send(app, Request::get(uri).body(Body::empty()).unwrap()).await
 }
 
+/// `sql` that must answer 200; the rows.
+async fn sql_ok(app: &Router, db: &str, q: &str) -> serde_json::Value {
+    let (s, v) = sql(app, db, q).await;
+    assert_eq!(s, StatusCode::OK, "{q}: {v}");
+    v
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -304,8 +311,7 @@ async fn sql_sees_buffer_and_segments_with_one_row_per_point() {
         send(&app, w("env,room=a t=5 100\n")).await.0,
         StatusCode::NO_CONTENT
     );
-    let (s, v) = sql(&app, "house", "SELECT room, t, h FROM env ORDER BY room").await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", "SELECT room, t, h FROM env ORDER BY room").await;
     assert_eq!(
         v,
         serde_json::json!([{"room":"a","t":5.0,"h":10.0},{"room":"b","t":2.0,"h":null}])
@@ -340,8 +346,7 @@ async fn sql_sees_buffer_and_segments_with_one_row_per_point() {
     .await;
     assert_eq!(v, serde_json::json!([{"n": 3, "st": 16.0}]));
     // time predicates, time_bucket and date_bin
-    let (s, v) = sql(&app, "house", "SELECT time_bucket(INTERVAL '5 minutes', time) AS b, count(*) AS n FROM env WHERE time >= '1970-01-01T00:01:40Z' AND time < '1970-01-01T00:03:00Z' GROUP BY b ORDER BY b").await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", "SELECT time_bucket(INTERVAL '5 minutes', time) AS b, count(*) AS n FROM env WHERE time >= '1970-01-01T00:01:40Z' AND time < '1970-01-01T00:03:00Z' GROUP BY b ORDER BY b").await;
     assert_eq!(v, serde_json::json!([{"b":"1970-01-01T00:00:00Z","n":2}]));
     let (_, v) = sql(
         &app,
@@ -389,8 +394,7 @@ async fn segment_scans_prune_with_each_filter_once() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     state.engine().unwrap().flush().await.unwrap();
     let q = "SELECT sum(t) AS st FROM env WHERE room = 'a' AND time >= '1970-01-01T00:01:00Z' AND time < '1970-01-01T00:05:00Z'";
-    let (s, v) = sql(&app, "house", &format!("EXPLAIN {q}")).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", &format!("EXPLAIN {q}")).await;
     let scans = scan_predicates(&v);
     assert_eq!(scans.len(), 1, "{v}");
     // every filter reaches the scan (pruning), and only once: DataFusion's filter
@@ -402,8 +406,7 @@ async fn segment_scans_prune_with_each_filter_once() {
     distinct.dedup();
     assert_eq!(distinct.len(), terms.len(), "{terms:?}");
     assert!(terms.iter().any(|t| t.contains("room")), "{terms:?}");
-    let (s, v) = sql(&app, "house", q).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", q).await;
     assert_eq!(v, serde_json::json!([{"st": 4.0}]));
 }
 
@@ -426,25 +429,21 @@ async fn filters_run_while_decoding_where_time_bounds_cut_a_segment() {
     // bounds cutting the segment (100 s ..= 200 s): the rows before 150 s are dropped
     // while decoding, and no FilterExec is left above the scan
     let cut = "SELECT count(*) AS n, sum(t) AS st FROM env WHERE time >= '1970-01-01T00:02:30Z'";
-    let (s, v) = sql(&app, "house", &format!("EXPLAIN ANALYZE {cut}")).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", &format!("EXPLAIN ANALYZE {cut}")).await;
     let plan = plan_text(&v, "Plan with Metrics");
     assert!(plan.contains("pushdown_rows_pruned=10,"), "{plan}");
     assert!(plan.contains("pushdown_rows_matched=12,"), "{plan}");
     assert!(!plan.contains("FilterExec"), "{plan}");
-    let (s, v) = sql(&app, "house", cut).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", cut).await;
     assert_eq!(v, serde_json::json!([{"n": 12, "st": 90.0}]));
 
     // bounds holding the whole segment: the filter drops nothing, so it is not run
     // while decoding (that would only cost); FilterExec applies it as before
     let whole = "SELECT count(*) AS n FROM env WHERE time >= '1970-01-01T00:01:00Z'";
-    let (s, v) = sql(&app, "house", &format!("EXPLAIN {whole}")).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", &format!("EXPLAIN {whole}")).await;
     let plan = plan_text(&v, "physical_plan");
     assert!(plan.contains("FilterExec"), "{plan}");
-    let (s, v) = sql(&app, "house", whole).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", whole).await;
     assert_eq!(v, serde_json::json!([{"n": 22}]));
 }
 
@@ -624,8 +623,7 @@ async fn overlapping_segments_are_deduplicated_in_bounded_memory() {
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v, serde_json::json!([{"sv": want}]));
     // EXPLAIN names the merge and the segments it reads
-    let (s, v) = sql(&app, "d", "EXPLAIN SELECT count(*) FROM t").await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "d", "EXPLAIN SELECT count(*) FROM t").await;
     assert!(
         v.to_string().contains("DedupExec: overlapping_segments="),
         "{v}"
@@ -984,8 +982,7 @@ async fn gap_filling_with_locf_and_interpolate() {
              locf(avg(temp)) AS carried, interpolate(avg(temp)) AS line, interpolate(max(co2)) AS co2 \
              FROM env WHERE time >= '2025-11-25T00:00:00Z' AND time < '2025-11-25T01:00:00Z' \
              GROUP BY t, room ORDER BY room, t";
-    let (s, v) = sql(&app, "house", q).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", q).await;
     assert_eq!(
         gapfill_rows(&v, &["room", "t", "raw", "carried", "line", "co2"]),
         vec![
@@ -1007,16 +1004,14 @@ async fn gap_filling_with_locf_and_interpolate() {
     let q = "SELECT date_bin_gapfill(INTERVAL '20 minutes', time) AS t, count(*) AS n \
              FROM env WHERE room = 'a' AND time > '2025-11-24T23:59:59Z' AND time <= '2025-11-25T00:59:59Z' \
              GROUP BY t ORDER BY t";
-    let (s, v) = sql(&app, "house", q).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", q).await;
     // (the bucket holding the lower bound, 23:59:59, starts at 23:40)
     assert_eq!(
         gapfill_rows(&v, &["t", "n"]),
         vec!["23:40|null", "00:00|3", "00:20|null", "00:40|1"]
     );
     // EXPLAIN shows the node
-    let (s, v) = sql(&app, "house", &format!("EXPLAIN {q}")).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
+    let v = sql_ok(&app, "house", &format!("EXPLAIN {q}")).await;
     assert!(v.to_string().contains("GapFill"), "{v}");
 }
 
