@@ -17,6 +17,7 @@ restart to ready. Prints a markdown report (and writes it to --out).
 """
 import argparse
 import datetime as dt
+import decimal
 import http.client
 import json
 import os
@@ -329,8 +330,11 @@ def run_query(system, h, q, duck_con):
 def norm(rows):
     out = []
     for r in rows:
+        # DuckDB answers max/min of a column talo stored as a Parquet DECIMAL (short
+        # decimal floats) with a Decimal: the same number, compared as the double it is
         out.append(tuple(
-            x.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(x, dt.datetime) else x for x in r))
+            x.strftime("%Y-%m-%dT%H:%M:%SZ") if isinstance(x, dt.datetime)
+            else float(x) if isinstance(x, decimal.Decimal) else x for x in r))
     return sorted(out, key=lambda r: tuple(repr(x) for x in r if not isinstance(x, float)))
 
 

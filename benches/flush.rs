@@ -79,11 +79,17 @@ fn compare_size(sensors: usize, steps: usize, dir: &Path, opts: &SegmentOptions)
     let sorted = sort_dedup(&batch).expect("sort");
     let path = dir.join(format!("size-{sensors}.parquet"));
     let talo_bytes = write_parquet(&path, &sorted, opts).expect("write");
+    let doubles = SegmentOptions {
+        decimal_floats: false,
+        ..*opts
+    };
+    let double_bytes = write_parquet(&path, &sorted, &doubles).expect("write");
     let values = (rows * FIELDS_PER_ROW) as f64;
     let py = pyarrow_bytes(&sorted, dir);
     eprintln!(
-        "bytes per field value, {sensors} series x {steps} readings: talo {:.3}, pyarrow zstd {}",
+        "bytes per field value, {sensors} series x {steps} readings: talo {:.3} (floats as doubles: {:.3}), pyarrow zstd {}",
         talo_bytes as f64 / values,
+        double_bytes as f64 / values,
         py.map(|p| format!(
             "{:.3} (talo/pyarrow = {:.2})",
             p as f64 / values,
@@ -118,15 +124,29 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Bytes(input_bytes));
     let mut n = 0u64;
-    g.bench_function("sort_dedup_encode_fsync_1M_rows", |b| {
-        b.iter(|| {
-            n += 1;
-            let sorted = sort_dedup(&batch).expect("sort");
-            let path = dir.path().join(format!("s{n}.parquet"));
-            write_parquet(&path, &sorted, &opts).expect("write");
-            let _ = std::fs::remove_file(path);
-        })
-    });
+    // the default (short-decimal floats stored as scaled integers) and every float as a
+    // double, in one run
+    let doubles = SegmentOptions {
+        decimal_floats: false,
+        ..opts
+    };
+    for (name, o) in [
+        ("sort_dedup_encode_fsync_1M_rows", &opts),
+        (
+            "sort_dedup_encode_fsync_1M_rows_floats_as_doubles",
+            &doubles,
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                n += 1;
+                let sorted = sort_dedup(&batch).expect("sort");
+                let path = dir.path().join(format!("s{n}.parquet"));
+                write_parquet(&path, &sorted, o).expect("write");
+                let _ = std::fs::remove_file(path);
+            })
+        });
+    }
     g.finish();
 }
 

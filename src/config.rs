@@ -107,6 +107,14 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_SEGMENT_PAGE_ROWS", default_value_t = talo_engine::segment::SegmentOptions::default().page_rows)]
     pub(crate) segment_page_rows: usize,
 
+    /// Store float fields whose values are all short decimals (at most 6 places, below
+    /// 10^9: what sensors report) as scaled integers, Parquet DECIMAL on INT64 with delta
+    /// encoding: lossless (every value reads back bit for bit, or the column stays a
+    /// double), and less than half the bytes of a dictionary-encoded double. `false`
+    /// writes every float field as a Parquet DOUBLE.
+    #[arg(long, env = "TALO_SEGMENT_DECIMAL_FLOATS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) segment_decimal_floats: bool,
+
     /// zstd level of merged segments (1..=22); merges run in the background, so they
     /// may compress harder than flushes.
     #[arg(long, env = "TALO_COMPACTION_ZSTD_LEVEL", default_value_t = 7)]
@@ -210,6 +218,7 @@ impl ServeArgs {
             segment: talo_engine::segment::SegmentOptions {
                 zstd_level: self.segment_zstd_level,
                 page_rows: self.segment_page_rows,
+                decimal_floats: self.segment_decimal_floats,
                 ..Default::default()
             },
             ..Default::default()
@@ -249,6 +258,7 @@ pub(crate) fn apply_config_file_to_env() -> anyhow::Result<()> {
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("parsing config file {path}"))?;
+    let known = known_keys();
     for (key, value) in table {
         let v = match value {
             toml::Value::String(s) => s,
@@ -264,7 +274,7 @@ pub(crate) fn apply_config_file_to_env() -> anyhow::Result<()> {
             toml::Value::Datetime(d) => d.to_string(),
         };
         let var = format!("TALO_{}", key.to_ascii_uppercase().replace('-', "_"));
-        if !KNOWN_KEYS.contains(&var.as_str()) {
+        if !known.contains(&var) {
             bail!("config file {path}: unknown key {key:?}");
         }
         if std::env::var_os(&var).is_none() {
@@ -384,31 +394,13 @@ pub(crate) fn load_sections(path: Option<&std::path::Path>) -> anyhow::Result<Fi
 /// Section names allowed at the top level of the config file besides flag keys.
 const SECTIONS: &[&str] = &["tokens", "mqtt", "databases"];
 
-const KNOWN_KEYS: &[&str] = &[
-    "TALO_DATA_DIR",
-    "TALO_HTTP_ADDR",
-    "TALO_WAL_SYNC",
-    "TALO_WAL_GROUP_WINDOW",
-    "TALO_FLUSH_INTERVAL",
-    "TALO_FLUSH_SIZE_MB",
-    "TALO_MAX_BUFFER_MB",
-    "TALO_PARTITION",
-    "TALO_MAX_BODY_MB",
-    "TALO_SHUTDOWN_TIMEOUT",
-    "TALO_QUERY_MEMORY_MB",
-    "TALO_QUERY_TIMEOUT",
-    "TALO_QUERY_CONCURRENCY",
-    "TALO_QUERY_THREADS",
-    "TALO_MQTT_URL",
-    "TALO_MQTT_CLIENT_ID",
-    "TALO_MQTT_LISTEN",
-    "TALO_MQTT_PROTOCOL",
-    "TALO_MQTT_CA_FILE",
-    "TALO_COMPACTION_INTERVAL",
-    "TALO_COMPACTION_MIN_FILES",
-    "TALO_COMPACTION_TARGET_MB",
-    "TALO_COMPACTION_MAX_ROWS",
-    "TALO_MQTT_MAX_PACKET_KB",
-    "TALO_MQTT_MAX_CONNECTIONS",
-    "TALO_ROLLUP_INTERVAL",
-];
+/// The variables a config-file key may set: the `env` of every flag of `talo serve`
+/// (all of them, so that a new flag is settable from the file without a list to keep).
+fn known_keys() -> Vec<String> {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .filter(|e| *e != "TALO_CONFIG")
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}

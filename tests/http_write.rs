@@ -15,9 +15,11 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
     let base: i64 = 1_764_028_800_000_000_000; // 2025-11-25T00:00:00Z
     let mut body = String::new();
     let mut temp_sum = 0.0;
+    let mut temps = Vec::new();
     for i in 0..500i64 {
         let temp = 20.0 + (i % 7) as f64 * 0.25;
         temp_sum += temp;
+        temps.push(temp);
         body.push_str(&format!(
             "env,building=b{},room=r{} id={}i,temp={temp},n={}u,occupied={},label=\"x {i}\" {}\n",
             i % 2,
@@ -41,6 +43,7 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
                 base / 1_000_000_000 + i
             ));
             temp_sum += 1.5;
+            temps.push(1.5);
         }
         std::io::Write::write_all(&mut enc, lines.as_bytes()).unwrap();
         enc.finish().unwrap()
@@ -73,6 +76,7 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
     )
     .unwrap();
     temp_sum += 2.0;
+    temps.push(2.0);
     assert_eq!(status, 400);
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["rows_written"], 1);
@@ -105,7 +109,17 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
         schema["building"],
         "dictionary<values=string, indices=int32, ordered=0>"
     );
-    assert_eq!(schema["temp"], "double");
+    // short decimals are stored as a Parquet DECIMAL (scaled integers), and pyarrow
+    // reads back exactly the doubles that were written
+    assert_eq!(schema["temp"], "decimal128(18, 2)");
+    temps.sort_by(f64::total_cmp);
+    let read: Vec<f64> = v["pyarrow_temps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert_eq!(read, temps);
     assert_eq!(schema["id"], "int64");
     assert_eq!(schema["n"], "uint64");
     assert_eq!(schema["occupied"], "bool");
@@ -180,4 +194,29 @@ fn config_file_env_and_flags() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key"));
+}
+
+/// `segment-decimal-floats = false` (config file; any `serve` flag is a key there):
+/// float fields are written as Parquet doubles.
+#[test]
+fn decimal_floats_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("talo.toml");
+    std::fs::write(
+        &cfg,
+        "segment-decimal-floats = false\nsegment_zstd_level = 5\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let talo = Talo::start_ready(&data, &["--config", cfg.to_str().unwrap()]);
+    let body: String = (0..10)
+        .map(|i| format!("env,room=r{i} id={i}i,temp=2{i}.5 1764028800000000000\n"))
+        .collect();
+    let (status, text) = post(&talo.url("/api/v1/write?db=house"), body.as_bytes()).unwrap();
+    assert_eq!(status, 204, "{text}");
+    let status = talo.terminate(Duration::from_secs(30));
+    assert!(status.success(), "talo exited with {status}");
+    let v = py_json("segments.py", &[data.to_str().unwrap(), "house", "env"]);
+    assert_eq!(v["schema"]["temp"], "double", "{v}");
+    assert_eq!(v["duckdb_temp_sum"], 250.0, "{v}");
 }

@@ -44,12 +44,13 @@ use tokio::sync::oneshot;
 
 use crate::buffer::Snapshot;
 use crate::config::EngineConfig;
+use crate::decimal;
 use crate::error::{Error, Result};
 use crate::flush::segment_rel_path;
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::merge::{MergeStats, merge_segments};
 use crate::metrics::{EngineMetrics, inc};
-use crate::segment::{SegmentOptions, SegmentWriter};
+use crate::segment::{SegmentOptions, SegmentWriter, stored_schema_of_file};
 use crate::writer::time_column;
 
 /// Rows read from each input at a time by the streaming merge.
@@ -331,8 +332,18 @@ impl Compactor {
             ..self.cfg.segment
         };
         let result = (|| -> Result<Option<MergeStats>> {
+            // float columns stay decimals where every input stores them so
+            let storage = if opts.decimal_floats {
+                let inputs = run
+                    .iter()
+                    .map(|s| stored_schema_of_file(&self.cfg.data_dir.join(&s.path)))
+                    .collect::<Result<Vec<_>>>()?;
+                decimal::merged_storage_schema(&schema, &inputs)
+            } else {
+                Arc::clone(&schema)
+            };
             for o in &mut outs {
-                o.writer = Some(SegmentWriter::create(&o.path, &schema, &opts)?);
+                o.writer = Some(SegmentWriter::create(&o.path, &storage, &opts)?);
             }
             // rows in flight stay about the same whatever the fan-in
             let batch_rows = (MERGE_ROWS_IN_FLIGHT / run.len()).clamp(1024, MERGE_BATCH_ROWS);

@@ -14,6 +14,7 @@ pub mod buffer;
 pub mod catalog;
 pub mod compact;
 pub mod config;
+pub mod decimal;
 pub mod dirty;
 pub mod error;
 mod flush;

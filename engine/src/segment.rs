@@ -2,9 +2,9 @@
 //!
 //! A segment holds the rows of one (database, table, partition), sorted by the tag
 //! columns (the series) then `time`, with at most one row per point. Encodings are
-//! chosen per column for sensor data: delta for timestamps and integer fields,
-//! dictionary and RLE for tags and the other field values (quantized readings have few
-//! distinct values per page), all
+//! chosen per column for sensor data: delta for timestamps, integer fields and float
+//! fields that hold short decimals (stored as scaled integers, [`crate::decimal`]),
+//! dictionary and RLE for tags and the other field values, all
 //! zstd-compressed; page statistics and the page index are written so that readers can
 //! prune by time.
 
@@ -23,6 +23,7 @@ use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use crate::decimal;
 use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::model::{ColumnType, TIME_COLUMN};
@@ -36,6 +37,9 @@ pub struct SegmentOptions {
     pub row_group_rows: usize,
     /// Most rows per data page.
     pub page_rows: usize,
+    /// Store float fields whose values are all short decimals as scaled integers
+    /// (Parquet `DECIMAL` on `INT64`, delta-encoded; lossless, see [`crate::decimal`]).
+    pub decimal_floats: bool,
 }
 
 impl Default for SegmentOptions {
@@ -44,6 +48,7 @@ impl Default for SegmentOptions {
             zstd_level: 3,
             row_group_rows: 256 * 1024,
             page_rows: 20_000,
+            decimal_floats: true,
         }
     }
 }
@@ -272,17 +277,20 @@ fn writer_properties(schema: &SchemaRef, opts: &SegmentOptions) -> Result<Writer
         .set_data_page_row_count_limit(opts.page_rows)
         .set_sorting_columns(Some(sorting))
         .set_created_by(format!("talo {}", env!("CARGO_PKG_VERSION")));
-    // Dictionary encoding (the default) suits float sensor values: they are quantized to
-    // the sensor's resolution and change slowly, so each page has few distinct values; it
-    // beat byte-stream-split and plain on every float column of the sensor benchmark
-    // (benches/README). Integer fields and timestamps are delta-encoded: consecutive
-    // readings of one series (rows are sorted by series then time) differ by little, so
-    // the deltas bit-pack small (co2: 0.45 bytes/row against 1.13 with a dictionary;
-    // regular timestamps pack to ~nothing).
+    // Integer fields, timestamps and float fields stored as scaled integers (decimals,
+    // crate::decimal) are delta-encoded: consecutive readings of one series (rows are
+    // sorted by series then time) differ by little, so the deltas bit-pack small (co2:
+    // 0.45 bytes/row against 1.13 with a dictionary; regular timestamps pack to
+    // ~nothing). Floats that stay doubles keep dictionary encoding (the default): it beat
+    // byte-stream-split and plain on every float column of the sensor benchmark
+    // (benches/README).
     for f in schema.fields() {
         if matches!(
             f.data_type(),
-            DataType::Timestamp(_, _) | DataType::Int64 | DataType::UInt64
+            DataType::Timestamp(_, _)
+                | DataType::Int64
+                | DataType::UInt64
+                | DataType::Decimal128(_, _)
         ) {
             let path = ColumnPath::from(f.name().as_str());
             b = b
@@ -305,7 +313,7 @@ pub(crate) fn write_sorted(
     opts: &SegmentOptions,
 ) -> Result<(u64, u64)> {
     let order = SortedOrder::new(batch)?;
-    let mut w = SegmentWriter::create(path, &batch.schema(), opts)?;
+    let mut w = SegmentWriter::create(path, &stored_schema(batch, opts), opts)?;
     let n = order.len();
     let mut at = 0;
     while at < n {
@@ -319,9 +327,26 @@ pub(crate) fn write_sorted(
 /// Write `batch` (already sorted and deduplicated) as a Parquet file published
 /// atomically at `path`. Returns the file size.
 pub fn write_parquet(path: &Path, batch: &RecordBatch, opts: &SegmentOptions) -> Result<u64> {
-    let mut w = SegmentWriter::create(path, &batch.schema(), opts)?;
+    let mut w = SegmentWriter::create(path, &stored_schema(batch, opts), opts)?;
     w.write(batch)?;
     w.finish()
+}
+
+/// The schema a segment holding `batch` is stored in: its own, with the float columns
+/// that fit stored as decimals (if `opts` allows).
+fn stored_schema(batch: &RecordBatch, opts: &SegmentOptions) -> SchemaRef {
+    if opts.decimal_floats {
+        decimal::storage_schema_of(batch)
+    } else {
+        batch.schema()
+    }
+}
+
+/// The schema a segment file is stored in (read from its footer).
+pub(crate) fn stored_schema_of_file(path: &Path) -> Result<SchemaRef> {
+    let file = std::fs::File::open(path).at(path)?;
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?;
+    Ok(Arc::clone(builder.schema()))
 }
 
 /// A segment written batch by batch (each sorted, deduplicated, and after the previous
@@ -331,6 +356,8 @@ pub(crate) struct SegmentWriter {
     path: PathBuf,
     tmp: PathBuf,
     writer: ArrowWriter<std::fs::File>,
+    /// The stored schema (float columns possibly as decimals, [`crate::decimal`]).
+    storage: SchemaRef,
 }
 
 impl std::fmt::Debug for SegmentWriter {
@@ -342,6 +369,8 @@ impl std::fmt::Debug for SegmentWriter {
 }
 
 impl SegmentWriter {
+    /// A writer of a segment stored as `schema`; batches written to it may hold its
+    /// decimal columns as `Float64` (converted exactly, or an error).
     pub(crate) fn create(path: &Path, schema: &SchemaRef, opts: &SegmentOptions) -> Result<Self> {
         if let Some(parent) = path.parent() {
             fsutil::create_dir_all_durably(parent)?;
@@ -359,16 +388,19 @@ impl SegmentWriter {
             path: path.to_path_buf(),
             tmp,
             writer,
+            storage: Arc::clone(schema),
         })
     }
 
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        Ok(self.writer.write(batch)?)
+        Ok(self.writer.write(&decimal::encode(batch, &self.storage)?)?)
     }
 
     /// Close, fsync and rename into place; returns the file size.
     pub(crate) fn finish(self) -> Result<u64> {
-        let SegmentWriter { path, tmp, writer } = self;
+        let SegmentWriter {
+            path, tmp, writer, ..
+        } = self;
         let file = writer.into_inner()?;
         fail::fail_point!("segment::before_fsync", |_| Err(crate::Error::Io {
             path: tmp.clone(),
@@ -502,6 +534,12 @@ mod tests {
             .map(|b| b.unwrap())
             .collect();
         let got = arrow::compute::concat_batches(&got[0].schema(), &got).unwrap();
+        // `f` holds whole numbers: stored as a decimal, read back as the table's double
+        assert_eq!(
+            got.schema().field_with_name("f").unwrap().data_type(),
+            &decimal::decimal_type(0)
+        );
+        let got = crate::buffer::align_batch(&got, &want.schema()).unwrap();
         assert_eq!(got.num_rows(), want.num_rows());
         for (g, w) in got.columns().iter().zip(want.columns()) {
             // compare values, not dictionary layouts
@@ -513,8 +551,9 @@ mod tests {
         }
     }
 
-    /// Integer fields and time are delta-encoded, float fields dictionary-encoded, and
-    /// a random-walk integer column comes out smaller than with a dictionary.
+    /// Integer fields, time and short-decimal floats are delta-encoded, other floats
+    /// dictionary-encoded, and a random-walk integer column comes out smaller than with
+    /// a dictionary.
     #[test]
     fn integer_fields_are_delta_encoded() {
         use parquet::file::reader::{FileReader, SerializedFileReader};
@@ -522,7 +561,11 @@ mod tests {
         let mut co2 = 600i64;
         for i in 0..50_000i64 {
             co2 += [-3, -1, 0, 1, 2][(i * 7 % 5) as usize];
-            let fields = [("co2", FieldValue::I64(co2)), ("t", FieldValue::F64(21.5))];
+            let fields = [
+                ("co2", FieldValue::I64(co2)),
+                ("t", FieldValue::F64(21.5)),
+                ("x", FieldValue::F64(std::f64::consts::PI * i as f64)),
+            ];
             b.push_row("env", &[("s", "a")], &fields, i * 10, i as u32)
                 .unwrap();
         }
@@ -538,7 +581,7 @@ mod tests {
                 .find(|c| c.column_path().string() == name)
                 .unwrap()
         };
-        for (name, delta) in [("co2", true), ("time", true), ("t", false)] {
+        for (name, delta) in [("co2", true), ("time", true), ("t", true), ("x", false)] {
             let enc = col(name).encodings().collect::<Vec<_>>();
             assert_eq!(
                 enc.contains(&Encoding::DELTA_BINARY_PACKED),

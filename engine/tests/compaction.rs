@@ -576,3 +576,76 @@ fn flushed_segments_record_their_time_range() {
     }
     engine.shutdown().unwrap();
 }
+
+/// Float fields stored as decimals (short decimals, `talo_engine::decimal`) stay
+/// decimals through a merge, at the finest scale among the inputs, and every value comes
+/// back bit for bit; one input holding a value no decimal can (π) keeps the merged
+/// column a double.
+#[test]
+fn merges_keep_short_decimal_floats_exact() {
+    let _s = serial();
+    let stored_temp = |engine: &Engine| -> Vec<DataType> {
+        let snap = engine.snapshot();
+        snap.segments
+            .iter()
+            .map(|s| {
+                let path = engine.config().data_dir.join(&s.path);
+                let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(path).unwrap(),
+                )
+                .unwrap();
+                r.schema()
+                    .field_with_name("temp")
+                    .unwrap()
+                    .data_type()
+                    .clone()
+            })
+            .collect()
+    };
+    // one day, 3 flushes: 1 place, 3 places, then (second run) π
+    let write = |engine: &Engine, round: i64, model: &mut BTreeMap<Point, Fields>| {
+        let mut b = engine.batch_builder("house").unwrap();
+        for i in 0..500i64 {
+            let room = format!("r{}", i % 5);
+            let time = T0 + (i / 5 + round * 50) * 1_000_000_000;
+            let temp: f64 = match round {
+                0 => format!("{}.{}", 20 + i % 7, i % 10).parse().unwrap(),
+                1 => format!("-{}.{:03}", 1 + i % 3, i).parse().unwrap(),
+                _ if i == 250 => std::f64::consts::PI,
+                _ => 21.5,
+            };
+            b.push_row(
+                "env",
+                &[("room", room.as_str())],
+                &[("temp", FieldValue::F64(temp))],
+                time,
+                i as u32,
+            )
+            .unwrap();
+            model.entry((room, time)).or_default().0 = Some(temp);
+        }
+        engine.write_blocking(b.finish().unwrap()).unwrap();
+        engine.flush_blocking().unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(dir.path(), 2, 1 << 30)).unwrap();
+    let mut model = BTreeMap::new();
+    write(&engine, 0, &mut model);
+    write(&engine, 1, &mut model);
+    let mut flushed = stored_temp(&engine);
+    flushed.sort_by_key(|t| t.to_string());
+    assert_eq!(
+        flushed,
+        [DataType::Decimal128(18, 1), DataType::Decimal128(18, 3)]
+    );
+    assert_eq!(engine.compact_blocking().unwrap(), 1);
+    assert_eq!(stored_temp(&engine), [DataType::Decimal128(18, 3)]);
+    assert_eq!(materialize(&engine), model);
+
+    write(&engine, 2, &mut model);
+    assert!(stored_temp(&engine).contains(&DataType::Float64));
+    assert_eq!(engine.compact_blocking().unwrap(), 1);
+    assert_eq!(stored_temp(&engine), [DataType::Float64]);
+    assert_eq!(materialize(&engine), model);
+    engine.shutdown().unwrap();
+}

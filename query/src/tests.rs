@@ -447,6 +447,107 @@ async fn filters_run_while_decoding_where_time_bounds_cut_a_segment() {
     assert_eq!(v, serde_json::json!([{"n": 22}]));
 }
 
+/// The Arrow type each `.parquet` file under `dir` stores column `col` as.
+fn stored_types(dir: &std::path::Path, col: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                let r = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(&p).unwrap(),
+                )
+                .unwrap();
+                out.push(
+                    r.schema()
+                        .field_with_name(col)
+                        .unwrap()
+                        .data_type()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floats_stored_as_decimals_read_back_exactly() {
+    let (d, state, app) = setup();
+    let w = |body: &'static str| post("/api/v1/write?db=house&precision=s", body);
+    // two segments: t at 2 places in one, 1 place in the other; x never a short decimal
+    let first = "env,room=a t=21.37,x=0.30000000000000004 100\nenv,room=a t=21.56,x=1 110\nenv,room=b t=-0.07,x=2 100\n";
+    assert_eq!(send(&app, w(first)).await.0, StatusCode::NO_CONTENT);
+    state.engine().unwrap().flush().await.unwrap();
+    let second = "env,room=a t=22.1,x=1.2345678901234567 120\nenv,room=b t=1e-6,x=5 130\n";
+    assert_eq!(send(&app, w(second)).await.0, StatusCode::NO_CONTENT);
+    state.engine().unwrap().flush().await.unwrap();
+    assert_eq!(
+        stored_types(d.path(), "t"),
+        ["Decimal128(18, 2)", "Decimal128(18, 6)"]
+    );
+    assert_eq!(stored_types(d.path(), "x"), ["Float64", "Float64"]);
+
+    // the table's type and every value come back unchanged
+    let v = sql_ok(
+        &app,
+        "house",
+        "SELECT room, t, x FROM env ORDER BY room, time",
+    )
+    .await;
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"room":"a","t":21.37,"x":0.30000000000000004},
+            {"room":"a","t":21.56,"x":1.0},
+            {"room":"a","t":22.1,"x":1.2345678901234567},
+            {"room":"b","t":-0.07,"x":2.0},
+            {"room":"b","t":1e-6,"x":5.0},
+        ])
+    );
+    let v = sql_ok(
+        &app,
+        "house",
+        "SELECT arrow_typeof(t) AS ty FROM env LIMIT 1",
+    )
+    .await;
+    assert_eq!(v, serde_json::json!([{"ty": "Float64"}]));
+    // comparisons keep double semantics: a literal between two decimals of the column
+    // is not rounded to the column's places (21.555 would round to 21.56)
+    for (q, want) in [
+        ("t > 21.555", 2),
+        ("t >= 21.56", 2),
+        ("t = 21.37", 1),
+        ("t < 21.375", 3),
+        ("t = 0.000001", 1),
+    ] {
+        let v = sql_ok(
+            &app,
+            "house",
+            &format!("SELECT count(*) AS n FROM env WHERE {q}"),
+        )
+        .await;
+        assert_eq!(v, serde_json::json!([{"n": want}]), "{q}");
+        // the same filter run while decoding (time bounds cut the first segment)
+        let cut = format!(
+            "SELECT count(*) AS n FROM env WHERE {q} AND time >= '1970-01-01T00:01:40Z' AND time < '1970-01-01T00:02:05Z'"
+        );
+        let all = sql_ok(
+            &app,
+            "house",
+            &format!("SELECT count(*) AS n FROM env WHERE {q} AND time < '1970-01-01T00:02:05Z'"),
+        )
+        .await;
+        assert_eq!(sql_ok(&app, "house", &cut).await, all, "{cut}");
+    }
+    let v = sql_ok(&app, "house", "SELECT max(t) AS hi, min(t) AS lo FROM env").await;
+    assert_eq!(v, serde_json::json!([{"hi": 22.1, "lo": -0.07}]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn formats_and_post_bodies() {
     let (_d, _state, app) = setup();

@@ -40,7 +40,12 @@ def main():
     out["duckdb_rows"] = con.execute("select count(*) from seg").fetchone()[0]
     cols = [c for c in out["schema"] if c not in ("time",)]
     if "temp" in cols:
-        out["duckdb_temp_sum"] = con.execute("select sum(temp) from seg").fetchone()[0]
+        # float(): a column stored as a Parquet DECIMAL sums to a Python Decimal
+        out["duckdb_temp_sum"] = float(con.execute("select sum(temp) from seg").fetchone()[0])
+        out["pyarrow_temps"] = sorted(
+            float(x) for t in tables if "temp" in t.column_names
+            for x in t.column("temp").to_pylist() if x is not None
+        )
     out["duckdb_min_time"] = str(con.execute("select min(time) from seg").fetchone()[0])
     print(json.dumps(out))
 
