@@ -111,7 +111,7 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
     );
     // short decimals are stored as a Parquet DECIMAL (scaled integers), and pyarrow
     // reads back exactly the doubles that were written
-    assert_eq!(schema["temp"], "decimal128(18, 2)");
+    assert_eq!(schema["temp"], "decimal64(18, 2)");
     temps.sort_by(f64::total_cmp);
     let read: Vec<f64> = v["pyarrow_temps"]
         .as_array()

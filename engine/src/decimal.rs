@@ -11,7 +11,7 @@
 //!
 //! The encoding is lossless or not used. A segment column is stored as a decimal only if
 //! *every* value comes back bit for bit through the cast every reader of the file applies
-//! (`m as f64 / 10^s`, arrow's `Decimal128 -> Float64` cast, which DataFusion's scan uses
+//! (`m as f64 / 10^s`, arrow's `Decimal64 -> Float64` cast, which DataFusion's scan uses
 //! to present the table's `Float64` type); NaN, infinities, `-0.0`, magnitudes of
 //! 10^9 and more, and values needing more than [`MAX_SCALE`] places keep the column a
 //! plain double. Parquet's `DECIMAL` is a standard logical type, so readers we did not
@@ -26,7 +26,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Decimal128Array, Float64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Decimal64Array, Float64Array};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 
@@ -83,12 +83,12 @@ pub fn decimal_places(a: &Float64Array) -> Option<i8> {
     Some(s)
 }
 
-/// `a` as `Decimal128(18, scale)`; an error if some value is not exact at `scale`.
+/// `a` as `Decimal64(18, scale)`; an error if some value is not exact at `scale`.
 pub fn to_decimal(a: &Float64Array, scale: i8) -> Result<ArrayRef> {
     let mut values = Vec::with_capacity(a.len());
     for i in 0..a.len() {
         if a.is_null(i) {
-            values.push(0i128);
+            values.push(0i64);
             continue;
         }
         let v = a.value(i);
@@ -97,16 +97,19 @@ pub fn to_decimal(a: &Float64Array, scale: i8) -> Result<ArrayRef> {
                 "float {v:?} is not exact at {scale} decimal places"
             ))
         })?;
-        values.push(i128::from(m));
+        values.push(m);
     }
-    let out = Decimal128Array::new(values.into(), a.nulls().cloned())
+    let out = Decimal64Array::new(values.into(), a.nulls().cloned())
         .with_precision_and_scale(PRECISION, scale)?;
     Ok(Arc::new(out))
 }
 
-/// The stored type of a float column at `scale` places.
+/// The stored type of a float column at `scale` places. `Decimal64` rather than
+/// `Decimal128`: Parquet's reader hands `INT64` decimals over as `Decimal64` without a
+/// copy (a `Decimal128` column is widened value by value), which showed in scans of
+/// every row.
 pub fn decimal_type(scale: i8) -> DataType {
-    DataType::Decimal128(PRECISION, scale)
+    DataType::Decimal64(PRECISION, scale)
 }
 
 /// `schema` with the `Float64` columns that `scale_of` gives a scale stored as decimals.
@@ -140,7 +143,10 @@ pub fn merged_storage_schema(schema: &SchemaRef, inputs: &[SchemaRef]) -> Schema
         let mut scale: Option<i8> = None;
         for s in inputs {
             match s.field_with_name(f.name()).map(|g| g.data_type()) {
-                Ok(DataType::Decimal128(_, sc)) => scale = Some(scale.unwrap_or(0).max(*sc)),
+                // (Decimal128: what the first version of this encoding wrote)
+                Ok(DataType::Decimal64(_, sc) | DataType::Decimal128(_, sc)) => {
+                    scale = Some(scale.unwrap_or(0).max(*sc))
+                }
                 Ok(_) => return None,
                 Err(_) => {} // not in that segment: nulls there
             }
@@ -160,7 +166,7 @@ pub fn encode(batch: &RecordBatch, storage: &SchemaRef) -> Result<RecordBatch> {
         .iter()
         .zip(batch.columns())
         .map(|(f, c)| match (f.data_type(), c.data_type()) {
-            (DataType::Decimal128(_, s), DataType::Float64) => {
+            (DataType::Decimal64(_, s), DataType::Float64) => {
                 to_decimal(c.as_primitive::<Float64Type>(), *s)
             }
             _ => Ok(Arc::clone(c)),

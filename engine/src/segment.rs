@@ -290,7 +290,7 @@ fn writer_properties(schema: &SchemaRef, opts: &SegmentOptions) -> Result<Writer
             DataType::Timestamp(_, _)
                 | DataType::Int64
                 | DataType::UInt64
-                | DataType::Decimal128(_, _)
+                | DataType::Decimal64(_, _)
         ) {
             let path = ColumnPath::from(f.name().as_str());
             b = b

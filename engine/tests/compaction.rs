@@ -636,10 +636,10 @@ fn merges_keep_short_decimal_floats_exact() {
     flushed.sort_by_key(|t| t.to_string());
     assert_eq!(
         flushed,
-        [DataType::Decimal128(18, 1), DataType::Decimal128(18, 3)]
+        [DataType::Decimal64(18, 1), DataType::Decimal64(18, 3)]
     );
     assert_eq!(engine.compact_blocking().unwrap(), 1);
-    assert_eq!(stored_temp(&engine), [DataType::Decimal128(18, 3)]);
+    assert_eq!(stored_temp(&engine), [DataType::Decimal64(18, 3)]);
     assert_eq!(materialize(&engine), model);
 
     write(&engine, 2, &mut model);
