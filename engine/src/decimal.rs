@@ -106,8 +106,9 @@ pub fn to_decimal(a: &Float64Array, scale: i8) -> Result<ArrayRef> {
 
 /// The stored type of a float column at `scale` places. `Decimal64` rather than
 /// `Decimal128`: Parquet's reader hands `INT64` decimals over as `Decimal64` without a
-/// copy (a `Decimal128` column is widened value by value), which showed in scans of
-/// every row.
+/// copy, where a `Decimal128` column is widened value by value (server CPU of the
+/// all-buildings hourly average over 8.64 M rows: 214–229 ms as `Decimal128`, 191–197
+/// as `Decimal64`, 195–206 as doubles; benches/README).
 pub fn decimal_type(scale: i8) -> DataType {
     DataType::Decimal64(PRECISION, scale)
 }
