@@ -28,7 +28,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}"
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyarrow, duckdb, openapi_spec_validator, paho.mqtt.client' 2>/dev/null; then
+# pyarrow 18.1 or later: older ones refuse the decimal64 columns talo writes for short-decimal floats
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyarrow, duckdb, openapi_spec_validator, paho.mqtt.client; assert tuple(int(x) for x in pyarrow.__version__.split(".")[:2]) >= (18, 1)' 2>/dev/null; then
   echo "== creating .venv with the Python test readers"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/py/requirements.txt

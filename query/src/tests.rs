@@ -546,6 +546,18 @@ async fn floats_stored_as_decimals_read_back_exactly() {
     }
     let v = sql_ok(&app, "house", "SELECT max(t) AS hi, min(t) AS lo FROM env").await;
     assert_eq!(v, serde_json::json!([{"hi": 22.1, "lo": -0.07}]));
+    // statistics still prune through the cast: the first segment (max 21.56) is skipped
+    let q = "SELECT count(*) AS n FROM env WHERE t > 22.0";
+    let v = sql_ok(&app, "house", &format!("EXPLAIN ANALYZE {q}")).await;
+    let plan = plan_text(&v, "Plan with Metrics");
+    assert!(
+        plan.contains("row_groups_pruned_statistics=2 total → 1 matched"),
+        "{plan}"
+    );
+    assert_eq!(
+        sql_ok(&app, "house", q).await,
+        serde_json::json!([{"n": 1}])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
