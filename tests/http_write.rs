@@ -145,15 +145,13 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
 #[test]
 fn config_file_env_and_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("talo.toml");
     // the file names a data dir; the flag (given by Talo::start) wins over it
-    std::fs::write(
-        &cfg,
+    let talo = Talo::start_with_config(
+        dir.path(),
         "data-dir = \"/nonexistent/never\"\nflush_interval = \"1h\"\nmax-body-mb = 1\n",
-    )
-    .unwrap();
+        &[],
+    );
     let data = dir.path().join("data");
-    let talo = Talo::start_ready(&data, &["--config", cfg.to_str().unwrap()]);
     // max-body-mb = 1 from the file applies: a small gzip body that expands to 2 MiB is
     // read whole by the server and refused (an uncompressed 2 MiB body could be cut off
     // mid-upload when the server answers early, which makes the client's write fail)
@@ -187,6 +185,7 @@ fn config_file_env_and_flags() {
     assert!(data.join("wal").is_dir());
     drop(talo);
 
+    let cfg = dir.path().join("talo.toml");
     std::fs::write(&cfg, "no-such-key = 1\n").unwrap();
     let out = Command::new(BIN)
         .args(["serve", "--config", cfg.to_str().unwrap()])
@@ -201,14 +200,12 @@ fn config_file_env_and_flags() {
 #[test]
 fn decimal_floats_can_be_turned_off() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("talo.toml");
-    std::fs::write(
-        &cfg,
+    let talo = Talo::start_with_config(
+        dir.path(),
         "segment-decimal-floats = false\nsegment_zstd_level = 5\n",
-    )
-    .unwrap();
+        &[],
+    );
     let data = dir.path().join("data");
-    let talo = Talo::start_ready(&data, &["--config", cfg.to_str().unwrap()]);
     let body: String = (0..10)
         .map(|i| format!("env,room=r{i} id={i}i,temp=2{i}.5 1764028800000000000\n"))
         .collect();

@@ -25,24 +25,17 @@ fn put(url: &str, body: &str) -> (String, String) {
 #[test]
 fn retention_from_config_and_at_runtime() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("talo.toml");
-    std::fs::write(
-        &cfg,
+    let talo = Talo::start_with_config(
+        dir.path(),
         "[databases.house]\nretention = \"365d\"\n\n[databases.house.tables.env]\nretention = \"30d\"\n",
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    let talo = Talo::start_ready(
-        &data,
         &[
-            "--config",
-            cfg.to_str().unwrap(),
             "--flush-interval",
             "100ms",
             "--compaction-interval",
             "200ms",
         ],
     );
+    let data = dir.path().join("data");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

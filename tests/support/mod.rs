@@ -81,6 +81,16 @@ impl Talo {
         t
     }
 
+    /// Write `toml` to `dir/talo.toml` and start on `dir/data` with `--config` it (plus
+    /// `extra`), waiting for `/ready`.
+    pub fn start_with_config(dir: &Path, toml: &str, extra: &[&str]) -> Talo {
+        let cfg = dir.join("talo.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let mut args = vec!["--config", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Talo::start_ready(&dir.join("data"), &args)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
