@@ -84,12 +84,18 @@ fn compare_size(sensors: usize, steps: usize, dir: &Path, opts: &SegmentOptions)
         ..*opts
     };
     let double_bytes = write_parquet(&path, &sorted, &doubles).expect("write");
+    let wide = SegmentOptions {
+        narrow_integers: false,
+        ..*opts
+    };
+    let wide_bytes = write_parquet(&path, &sorted, &wide).expect("write");
     let values = (rows * FIELDS_PER_ROW) as f64;
     let py = pyarrow_bytes(&sorted, dir);
     eprintln!(
-        "bytes per field value, {sensors} series x {steps} readings: talo {:.3} (floats as doubles: {:.3}), pyarrow zstd {}",
+        "bytes per field value, {sensors} series x {steps} readings: talo {:.3} (floats as doubles: {:.3}, integers in 64 bits: {:.3}), pyarrow zstd {}",
         talo_bytes as f64 / values,
         double_bytes as f64 / values,
+        wide_bytes as f64 / values,
         py.map(|p| format!(
             "{:.3} (talo/pyarrow = {:.2})",
             p as f64 / values,

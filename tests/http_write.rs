@@ -109,9 +109,9 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
         schema["building"],
         "dictionary<values=string, indices=int32, ordered=0>"
     );
-    // short decimals are stored as a Parquet DECIMAL (scaled integers), and pyarrow
-    // reads back exactly the doubles that were written
-    assert_eq!(schema["temp"], "decimal64(18, 2)");
+    // short decimals are stored as a Parquet DECIMAL (scaled integers, 32 bits where
+    // they fit), and pyarrow reads back exactly the doubles that were written
+    assert_eq!(schema["temp"], "decimal32(9, 2)");
     temps.sort_by(f64::total_cmp);
     let read: Vec<f64> = v["pyarrow_temps"]
         .as_array()
@@ -120,8 +120,9 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
         .map(|x| x.as_f64().unwrap())
         .collect();
     assert_eq!(read, temps);
-    assert_eq!(schema["id"], "int64");
-    assert_eq!(schema["n"], "uint64");
+    // integers that fit are stored in 32 bits (the table's types stay 64-bit)
+    assert_eq!(schema["id"], "int32");
+    assert_eq!(schema["n"], "uint32");
     assert_eq!(schema["occupied"], "bool");
     assert_eq!(schema["label"], "string");
     assert_eq!(v["compression"], "ZSTD");
@@ -195,14 +196,15 @@ fn config_file_env_and_flags() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown key"));
 }
 
-/// `segment-decimal-floats = false` (config file; any `serve` flag is a key there):
-/// float fields are written as Parquet doubles.
+/// `segment-decimal-floats = false` and `segment-narrow-integers = false` (config file;
+/// any `serve` flag is a key there): float fields are written as Parquet doubles,
+/// integers in 64 bits.
 #[test]
-fn decimal_floats_can_be_turned_off() {
+fn compact_stored_types_can_be_turned_off() {
     let dir = tempfile::tempdir().unwrap();
     let talo = Talo::start_with_config(
         dir.path(),
-        "segment-decimal-floats = false\nsegment_zstd_level = 5\n",
+        "segment-decimal-floats = false\nsegment-narrow-integers = false\nsegment_zstd_level = 5\n",
         &[],
     );
     let data = dir.path().join("data");
@@ -215,5 +217,6 @@ fn decimal_floats_can_be_turned_off() {
     assert!(status.success(), "talo exited with {status}");
     let v = py_json("segments.py", &[data.to_str().unwrap(), "house", "env"]);
     assert_eq!(v["schema"]["temp"], "double", "{v}");
+    assert_eq!(v["schema"]["id"], "int64", "{v}");
     assert_eq!(v["duckdb_temp_sum"], 250.0, "{v}");
 }

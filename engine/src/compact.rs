@@ -332,13 +332,13 @@ impl Compactor {
             ..self.cfg.segment
         };
         let result = (|| -> Result<Option<MergeStats>> {
-            // float columns stay decimals where every input stores them so
-            let storage = if opts.decimal_floats {
+            // float columns stay decimals, integers narrow, where every input stores them so
+            let storage = if opts.packing().any() {
                 let inputs = run
                     .iter()
                     .map(|s| stored_schema_of_file(&self.cfg.data_dir.join(&s.path)))
                     .collect::<Result<Vec<_>>>()?;
-                decimal::merged_storage_schema(&schema, &inputs)
+                decimal::merged_storage_schema(&schema, &inputs, opts.packing())
             } else {
                 Arc::clone(&schema)
             };

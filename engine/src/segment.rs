@@ -40,6 +40,19 @@ pub struct SegmentOptions {
     /// Store float fields whose values are all short decimals as scaled integers
     /// (Parquet `DECIMAL` on `INT64`, delta-encoded; lossless, see [`crate::decimal`]).
     pub decimal_floats: bool,
+    /// Store integer columns (and those scaled integers) in 32 bits where a file's
+    /// values fit (Parquet `INT32`; lossless, see [`crate::decimal`]).
+    pub narrow_integers: bool,
+}
+
+impl SegmentOptions {
+    /// The compact stored types these options allow.
+    pub fn packing(&self) -> decimal::Packing {
+        decimal::Packing {
+            decimals: self.decimal_floats,
+            narrow: self.narrow_integers,
+        }
+    }
 }
 
 impl Default for SegmentOptions {
@@ -49,6 +62,7 @@ impl Default for SegmentOptions {
             row_group_rows: 256 * 1024,
             page_rows: 20_000,
             decimal_floats: true,
+            narrow_integers: true,
         }
     }
 }
@@ -290,7 +304,10 @@ fn writer_properties(schema: &SchemaRef, opts: &SegmentOptions) -> Result<Writer
             DataType::Timestamp(_, _)
                 | DataType::Int64
                 | DataType::UInt64
+                | DataType::Int32
+                | DataType::UInt32
                 | DataType::Decimal64(_, _)
+                | DataType::Decimal32(_, _)
         ) {
             let path = ColumnPath::from(f.name().as_str());
             b = b
@@ -333,10 +350,10 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch, opts: &SegmentOptions) ->
 }
 
 /// The schema a segment holding `batch` is stored in: its own, with the float columns
-/// that fit stored as decimals (if `opts` allows).
+/// that fit stored as decimals and the integers that fit in 32 bits (if `opts` allows).
 fn stored_schema(batch: &RecordBatch, opts: &SegmentOptions) -> SchemaRef {
-    if opts.decimal_floats {
-        decimal::storage_schema_of(batch)
+    if opts.packing().any() {
+        decimal::storage_schema_of(batch, opts.packing())
     } else {
         batch.schema()
     }
@@ -356,7 +373,8 @@ pub(crate) struct SegmentWriter {
     path: PathBuf,
     tmp: PathBuf,
     writer: ArrowWriter<std::fs::File>,
-    /// The stored schema (float columns possibly as decimals, [`crate::decimal`]).
+    /// The stored schema (float columns possibly as decimals, integers possibly in 32
+    /// bits, [`crate::decimal`]).
     storage: SchemaRef,
 }
 
@@ -534,10 +552,11 @@ mod tests {
             .map(|b| b.unwrap())
             .collect();
         let got = arrow::compute::concat_batches(&got[0].schema(), &got).unwrap();
-        // `f` holds whole numbers: stored as a decimal, read back as the table's double
+        // `f` holds small whole numbers: stored as a 32-bit decimal, read back as the
+        // table's double
         assert_eq!(
             got.schema().field_with_name("f").unwrap().data_type(),
-            &decimal::decimal_type(0)
+            &decimal::decimal32_type(0)
         );
         let got = crate::buffer::align_batch(&got, &want.schema()).unwrap();
         assert_eq!(got.num_rows(), want.num_rows());
@@ -581,6 +600,14 @@ mod tests {
                 .find(|c| c.column_path().string() == name)
                 .unwrap()
         };
+        // values that fit are stored in 32 bits (crate::decimal), time stays 64
+        for (name, physical) in [
+            ("co2", parquet::basic::Type::INT32),
+            ("t", parquet::basic::Type::INT32),
+            ("time", parquet::basic::Type::INT64),
+        ] {
+            assert_eq!(col(name).column_descr().physical_type(), physical, "{name}");
+        }
         for (name, delta) in [("co2", true), ("time", true), ("t", true), ("x", false)] {
             let enc = col(name).encodings().collect::<Vec<_>>();
             assert_eq!(

@@ -580,13 +580,16 @@ fn flushed_segments_record_their_time_range() {
 /// Float fields stored as decimals (short decimals, `talo_engine::decimal`) stay
 /// decimals through a merge, at the finest scale among the inputs, and every value comes
 /// back bit for bit; one input holding a value no decimal can (π) keeps the merged
-/// column a double.
+/// column a double. Integers that fit are stored in 32 bits and stay so through a merge
+/// of such inputs; one input holding a 64-bit value makes the merged column 64-bit. So do
+/// 32-bit decimals of different scales (rescaled, they could outgrow 9 digits).
 #[test]
 fn merges_keep_short_decimal_floats_exact() {
     let _s = serial();
-    let stored_temp = |engine: &Engine| -> Vec<DataType> {
+    let stored = |engine: &Engine, column: &str| -> Vec<DataType> {
         let snap = engine.snapshot();
-        snap.segments
+        let mut types: Vec<DataType> = snap
+            .segments
             .iter()
             .map(|s| {
                 let path = engine.config().data_dir.join(&s.path);
@@ -595,14 +598,16 @@ fn merges_keep_short_decimal_floats_exact() {
                 )
                 .unwrap();
                 r.schema()
-                    .field_with_name("temp")
+                    .field_with_name(column)
                     .unwrap()
                     .data_type()
                     .clone()
             })
-            .collect()
+            .collect();
+        types.sort_by_key(|t| t.to_string());
+        types
     };
-    // one day, 3 flushes: 1 place, 3 places, then (second run) π
+    // one day, 3 flushes: 1 place, 3 places, then (second run) π and a 64-bit integer
     let write = |engine: &Engine, round: i64, model: &mut BTreeMap<Point, Fields>| {
         let mut b = engine.batch_builder("house").unwrap();
         for i in 0..500i64 {
@@ -614,15 +619,23 @@ fn merges_keep_short_decimal_floats_exact() {
                 _ if i == 250 => std::f64::consts::PI,
                 _ => 21.5,
             };
+            let co2 = if round == 2 && i == 250 {
+                1 << 40
+            } else {
+                400 + i
+            };
             b.push_row(
                 "env",
                 &[("room", room.as_str())],
-                &[("temp", FieldValue::F64(temp))],
+                &[
+                    ("temp", FieldValue::F64(temp)),
+                    ("co2", FieldValue::I64(co2)),
+                ],
                 time,
                 i as u32,
             )
             .unwrap();
-            model.entry((room, time)).or_default().0 = Some(temp);
+            *model.entry((room, time)).or_default() = (Some(temp), Some(co2));
         }
         engine.write_blocking(b.finish().unwrap()).unwrap();
         engine.flush_blocking().unwrap();
@@ -632,20 +645,22 @@ fn merges_keep_short_decimal_floats_exact() {
     let mut model = BTreeMap::new();
     write(&engine, 0, &mut model);
     write(&engine, 1, &mut model);
-    let mut flushed = stored_temp(&engine);
-    flushed.sort_by_key(|t| t.to_string());
     assert_eq!(
-        flushed,
-        [DataType::Decimal64(18, 1), DataType::Decimal64(18, 3)]
+        stored(&engine, "temp"),
+        [DataType::Decimal32(9, 1), DataType::Decimal32(9, 3)]
     );
+    assert_eq!(stored(&engine, "co2"), [DataType::Int32, DataType::Int32]);
     assert_eq!(engine.compact_blocking().unwrap(), 1);
-    assert_eq!(stored_temp(&engine), [DataType::Decimal64(18, 3)]);
+    assert_eq!(stored(&engine, "temp"), [DataType::Decimal64(18, 3)]);
+    assert_eq!(stored(&engine, "co2"), [DataType::Int32]);
     assert_eq!(materialize(&engine), model);
 
     write(&engine, 2, &mut model);
-    assert!(stored_temp(&engine).contains(&DataType::Float64));
+    assert!(stored(&engine, "temp").contains(&DataType::Float64));
+    assert!(stored(&engine, "co2").contains(&DataType::Int64));
     assert_eq!(engine.compact_blocking().unwrap(), 1);
-    assert_eq!(stored_temp(&engine), [DataType::Float64]);
+    assert_eq!(stored(&engine, "temp"), [DataType::Float64]);
+    assert_eq!(stored(&engine, "co2"), [DataType::Int64]);
     assert_eq!(materialize(&engine), model);
     engine.shutdown().unwrap();
 }

@@ -488,7 +488,7 @@ async fn floats_stored_as_decimals_read_back_exactly() {
     state.engine().unwrap().flush().await.unwrap();
     assert_eq!(
         stored_types(d.path(), "t"),
-        ["Decimal64(18, 2)", "Decimal64(18, 6)"]
+        ["Decimal32(9, 2)", "Decimal32(9, 6)"]
     );
     assert_eq!(stored_types(d.path(), "x"), ["Float64", "Float64"]);
 
