@@ -88,7 +88,7 @@ def time_queries(side, qs, runs):
     files = side.talo.parquet_files()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"CREATE VIEW env AS SELECT * FROM read_parquet({files!r})")
+    con.execute(f"CREATE VIEW env AS SELECT * FROM {compare.duckdb_source(files)}")
     h = compare.Http(side.talo.port)
     pid = side.talo.proc.pid
     out = {}

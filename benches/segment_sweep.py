@@ -50,7 +50,7 @@ def main():
             size = sum(os.path.getsize(f) for f in files)
             con = duckdb.connect()
             con.execute("SET TimeZone = 'UTC'")
-            con.execute(f"CREATE VIEW env AS SELECT * FROM read_parquet({files!r})")
+            con.execute(f"CREATE VIEW env AS SELECT * FROM {compare.duckdb_source(files)}")
             h = compare.Http(talo.port)
             lat = {}
             for name, q in qs.items():
