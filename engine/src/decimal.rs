@@ -477,11 +477,11 @@ mod tests {
         let f = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
         // 9 digits fit a Decimal32, 10 do not
         assert_eq!(
-            stored_type(f(vec![21.37, -99_999.9999]), FULL),
+            stored_type(f(vec![21.37, -99_999.999_9]), FULL),
             decimal32_type(4)
         );
         assert_eq!(
-            stored_type(f(vec![21.37, 100_000.0001]), FULL),
+            stored_type(f(vec![21.37, 100_000.000_1]), FULL),
             decimal_type(4)
         );
         assert_eq!(
