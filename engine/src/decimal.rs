@@ -256,22 +256,23 @@ pub fn merged_storage_schema(
             .filter_map(|s| s.field_with_name(f.name()).ok().map(|g| g.data_type()));
         match f.data_type() {
             DataType::Float64 if packing.decimals => {
-                let (mut scale, mut all_narrow) = (None::<i8>, true);
+                let mut all_narrow = true;
                 let mut scales = std::collections::BTreeSet::new();
                 for t in stored {
-                    let sc = match t {
-                        DataType::Decimal32(_, sc) => *sc,
+                    match t {
+                        DataType::Decimal32(_, sc) => scales.insert(*sc),
                         // (Decimal128: what the first version of this encoding wrote)
                         DataType::Decimal64(_, sc) | DataType::Decimal128(_, sc) => {
                             all_narrow = false;
-                            *sc
+                            scales.insert(*sc)
                         }
                         _ => return None,
                     };
-                    scales.insert(sc);
-                    scale = Some(scale.unwrap_or(0).max(sc));
                 }
-                let s = scale.filter(|s| (0..=MAX_SCALE).contains(s))?;
+                let s = scales
+                    .last()
+                    .copied()
+                    .filter(|s| (0..=MAX_SCALE).contains(s))?;
                 Some(if packing.narrow && all_narrow && scales.len() == 1 {
                     decimal32_type(s)
                 } else {
