@@ -17,7 +17,6 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
-use datafusion::functions::datetime::date_bin;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::object_store::path::Path;
 use datafusion::physical_plan::execute_stream;
@@ -314,13 +313,16 @@ fn template(
         .with_optimizer_rules(
             std::iter::once(Arc::new(crate::gapfill::GapFillRule) as _)
                 .chain(datafusion::optimizer::Optimizer::new().rules)
+                // last: it sees the aggregates as the other rules leave them
+                .chain(std::iter::once(Arc::new(crate::runs::RunsRule) as _))
                 .collect(),
         )
         .with_query_planner(Arc::new(crate::gapfill::TaloQueryPlanner))
         .with_physical_optimizer_rule(Arc::new(crate::scan::DistinctScanPredicates))
         .build();
     let ctx = SessionContext::new_with_state(state);
-    ctx.register_udf(ScalarUDF::clone(&date_bin()).with_aliases(["time_bucket"]));
+    // date_bin with a fast path, aliased time_bucket (replaces DataFusion's)
+    ctx.register_udf(ScalarUDF::clone(&crate::datebin::date_bin()));
     for f in crate::gapfill::functions() {
         ctx.register_udf(f);
     }

@@ -390,7 +390,7 @@ fn rewrite_aggregate(a: Aggregate, start: Option<DateTime<Utc>>) -> Result<Logic
     // same output name as before, so everything above still resolves
     let out_name = a.schema.field(pos).name().clone();
     let mut group_expr = a.group_expr.clone();
-    let date_bin = datafusion::functions::datetime::date_bin();
+    let date_bin = crate::datebin::date_bin();
     group_expr[pos] = Expr::ScalarFunction(ScalarFunction::new_udf(date_bin, call.args.clone()))
         .alias(out_name.clone());
     let agg = LogicalPlan::Aggregate(Aggregate::try_new(
@@ -692,9 +692,12 @@ impl QueryPlanner for TaloQueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(GapFillPlanner)])
-            .create_physical_plan(logical_plan, session)
-            .await
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(GapFillPlanner),
+            Arc::new(crate::runs::RunFoldPlanner),
+        ])
+        .create_physical_plan(logical_plan, session)
+        .await
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod catalog;
+mod datebin;
 mod dedup;
 mod error;
 pub mod executor;
@@ -14,6 +15,7 @@ mod gapfill;
 mod metrics;
 mod openapi;
 pub mod rollup;
+mod runs;
 mod scan;
 mod sql_api;
 mod write;

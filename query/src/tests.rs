@@ -1195,3 +1195,140 @@ async fn gap_filling_errors_are_clear() {
     assert!((6..=7).contains(&rows.len()), "{v}");
     assert_eq!(rows.last().unwrap()["m"], 1.0, "{v}");
 }
+
+/// The arrow IPC answer of a query: its schema and rows.
+async fn arrow_answer(app: &Router, db: &str, q: &str) -> (arrow::datatypes::SchemaRef, usize) {
+    let uri = format!("/api/v1/query?db={db}&format=arrow&sql={}", urlencode(q));
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).unwrap();
+    let schema = reader.schema();
+    let rows = reader.map(|b| b.unwrap().num_rows()).sum();
+    (schema, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_aggregates_fold_runs_and_keep_names_and_types() {
+    let (_d, state, app) = setup();
+    let w = |body: &'static str| post("/api/v1/write?db=house&precision=s", body);
+    // rooms a and b over two 5-minute buckets, and a series without a room; part in a
+    // segment, part (with a rewrite of a flushed point) in the buffer
+    let body =
+        "env,room=a t=1 0\nenv,room=a t=3 60\nenv,room=b t=10 0\nenv t=100 0\nenv,room=a t=5 300\n";
+    assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
+    state.engine().unwrap().flush().await.unwrap();
+    let body = "env,room=b t=20 310\nenv,room=a t=4 60\nenv t=200 320\n";
+    assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
+
+    let q = "SELECT room, date_bin(INTERVAL '5 minutes', time) AS b, max(t) AS m, count(*) AS n FROM env GROUP BY room, b ORDER BY room NULLS LAST, b";
+    let v = sql_ok(&app, "house", q).await;
+    let rows: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {} {}", r["room"], r["b"], r["m"], r["n"]))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            r#""a" "1970-01-01T00:00:00Z" 4.0 2"#,
+            r#""a" "1970-01-01T00:05:00Z" 5.0 1"#,
+            r#""b" "1970-01-01T00:00:00Z" 10.0 1"#,
+            r#""b" "1970-01-01T00:05:00Z" 20.0 1"#,
+            r#"null "1970-01-01T00:00:00Z" 100.0 1"#,
+            r#"null "1970-01-01T00:05:00Z" 200.0 1"#,
+        ]
+    );
+    // runs of equal keys were folded before the hash aggregate
+    let explain = sql_ok(&app, "house", &format!("EXPLAIN {q}")).await;
+    let plan = plan_text(&explain, "physical_plan");
+    assert!(
+        plan.contains("RunFoldExec: keys=2, parts=[(Max, 2), (Count, 3)]"),
+        "{plan}"
+    );
+    // the result keeps the tag's type
+    let (schema, n) = arrow_answer(&app, "house", q).await;
+    assert_eq!(n, 6);
+    assert_eq!(
+        schema.field_with_name("room").unwrap().data_type(),
+        &arrow::datatypes::DataType::Dictionary(
+            Box::new(arrow::datatypes::DataType::Int32),
+            Box::new(arrow::datatypes::DataType::Utf8)
+        )
+    );
+    // the tag used above the aggregate: HAVING, an expression, DISTINCT, a join
+    let v = sql_ok(&app, "house", "SELECT upper(room) AS r, sum(t) AS s FROM env GROUP BY room HAVING room IS DISTINCT FROM 'b' ORDER BY r").await;
+    assert_eq!(
+        v,
+        serde_json::json!([{"r":"A","s":10.0},{"r":null,"s":300.0}])
+    );
+    let v = sql_ok(
+        &app,
+        "house",
+        "SELECT DISTINCT room FROM env WHERE room IS NOT NULL ORDER BY room",
+    )
+    .await;
+    assert_eq!(v, serde_json::json!([{"room":"a"},{"room":"b"}]));
+    let v = sql_ok(&app, "house", "SELECT x.room, x.n, y.m FROM (SELECT room, count(*) AS n FROM env GROUP BY room) x JOIN (SELECT room, max(t) AS m FROM env GROUP BY room) y ON x.room = y.room ORDER BY x.room").await;
+    assert_eq!(
+        v,
+        serde_json::json!([{"room":"a","n":3,"m":5.0},{"room":"b","n":2,"m":20.0}])
+    );
+    // a group split over many runs (the buffer keeps rows as written: interleaved), and
+    // a group whose values are all NULL (avg NULL, count 0); then the same from a segment
+    let body = "air,room=a v=1 0\nair,room=b v=10 10\nair,room=a v=3 20\nair,room=c w=1 30\nair,room=b v=20 40\nair,room=a w=2 50\n";
+    assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
+    let q = "SELECT room, avg(v) AS a, count(v) AS n, sum(v) AS s, min(v) AS lo, max(v) AS hi FROM air GROUP BY room ORDER BY room";
+    let want = serde_json::json!([
+        {"room":"a","a":2.0,"n":2,"s":4.0,"lo":1.0,"hi":3.0},
+        {"room":"b","a":15.0,"n":2,"s":30.0,"lo":10.0,"hi":20.0},
+        {"room":"c","a":null,"n":0,"s":null,"lo":null,"hi":null}
+    ]);
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+    state.engine().unwrap().flush().await.unwrap();
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+    let plan = plan_text(
+        &sql_ok(&app, "house", &format!("EXPLAIN {q}")).await,
+        "physical_plan",
+    );
+    assert!(plan.contains("RunFoldExec: keys=1"), "{plan}");
+    // keys that do not come in runs (a field), DISTINCT: DataFusion's aggregate alone
+    for q in [
+        "SELECT v, count(*) AS n FROM air GROUP BY v",
+        "SELECT room, median(v) AS n FROM air GROUP BY room",
+    ] {
+        let plan = plan_text(
+            &sql_ok(&app, "house", &format!("EXPLAIN {q}")).await,
+            "physical_plan",
+        );
+        assert!(!plan.contains("RunFold"), "{q}: {plan}");
+    }
+    // DataFusion plans a single DISTINCT as a grouping below the count: still right
+    let v = sql_ok(
+        &app,
+        "house",
+        "SELECT room, count(DISTINCT v) AS n FROM air GROUP BY room ORDER BY room",
+    )
+    .await;
+    assert_eq!(
+        v,
+        serde_json::json!([{"room":"a","n":2},{"room":"b","n":2},{"room":"c","n":0}])
+    );
+    // grouping sets are left as they are, and still answer
+    let v = sql_ok(
+        &app,
+        "house",
+        "SELECT room, count(*) AS n FROM env GROUP BY ROLLUP (room) ORDER BY n",
+    )
+    .await;
+    assert_eq!(v.as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(v[3], serde_json::json!({"room": null, "n": 7}));
+}

@@ -1,0 +1,269 @@
+//! `date_bin` (and its alias `time_bucket`) with a fast path for the dashboard case.
+//!
+//! DataFusion's `date_bin` computes every row with checked arithmetic and a 64-bit
+//! division (`%`), turning a failure into NULL row by row; in a query that buckets a day
+//! of readings that was a quarter of the CPU once the aggregate itself got cheap
+//! ([`crate::runs`]; `perf`, numbers in `benches/README.md`). This wrapper keeps
+//! DataFusion's function — its signature, types, ordering properties, documentation and
+//! every case it handles — and computes one case itself: a fixed stride (an interval
+//! without months, positive), a nanosecond timestamp array and the default or a
+//! nanosecond origin. Once per batch it checks, from the array's minimum and maximum,
+//! that no row can overflow; then each row is `origin + floor((t - origin) / stride) *
+//! stride` with the division by the stride strength-reduced to a multiplication
+//! (`strength_reduce`). A batch that could overflow goes to DataFusion's code, which
+//! makes those rows NULL. Same answers, row for row (tested against it below).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray};
+use datafusion::arrow::compute::{max, min};
+use datafusion::arrow::datatypes::{
+    DataType, IntervalMonthDayNanoType, TimeUnit, TimestampNanosecondType,
+};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+};
+use strength_reduce::StrengthReducedU64;
+
+const NANOS_PER_DAY: i64 = 86_400_000_000_000;
+
+/// See the module docs.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FastDateBin {
+    inner: Arc<ScalarUDF>,
+}
+
+/// talo's `date_bin`, aliased `time_bucket`.
+pub(crate) fn date_bin() -> Arc<ScalarUDF> {
+    Arc::new(
+        ScalarUDF::new_from_impl(FastDateBin {
+            inner: datafusion::functions::datetime::date_bin(),
+        })
+        .with_aliases(["time_bucket"]),
+    )
+}
+
+impl ScalarUDFImpl for FastDateBin {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+    fn return_type(&self, arg_types: &[DataType]) -> Result<DataType> {
+        self.inner.return_type(arg_types)
+    }
+    fn output_ordering(&self, input: &[ExprProperties]) -> Result<SortProperties> {
+        self.inner.output_ordering(input)
+    }
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        if let Some(out) = fast_path(&args.args)? {
+            return Ok(out);
+        }
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// The stride in nanoseconds, if it is a fixed positive interval.
+fn fixed_stride(v: &ColumnarValue) -> Option<i64> {
+    let nanos = match v {
+        ColumnarValue::Scalar(ScalarValue::IntervalMonthDayNano(Some(i))) => {
+            let (months, days, nanos) = IntervalMonthDayNanoType::to_parts(*i);
+            if months != 0 {
+                return None;
+            }
+            (days as i64)
+                .checked_mul(NANOS_PER_DAY)?
+                .checked_add(nanos)?
+        }
+        ColumnarValue::Scalar(ScalarValue::IntervalDayTime(Some(i))) => (i.days as i64)
+            .checked_mul(NANOS_PER_DAY)?
+            .checked_add((i.milliseconds as i64).checked_mul(1_000_000)?)?,
+        _ => return None,
+    };
+    (nanos > 0).then_some(nanos)
+}
+
+/// The fast case, computed; `None`: not the fast case, or a row could overflow.
+fn fast_path(args: &[ColumnarValue]) -> Result<Option<ColumnarValue>> {
+    let Some(stride) = args.first().and_then(fixed_stride) else {
+        return Ok(None);
+    };
+    let origin = match args.get(2) {
+        None => 0,
+        Some(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(Some(o), _))) => *o,
+        Some(_) => return Ok(None),
+    };
+    let Some(ColumnarValue::Array(array)) = args.get(1) else {
+        return Ok(None);
+    };
+    if !matches!(
+        array.data_type(),
+        DataType::Timestamp(TimeUnit::Nanosecond, _)
+    ) {
+        return Ok(None);
+    }
+    let times = array.as_primitive::<TimestampNanosecondType>();
+    Ok(bin(times, stride, origin).map(ColumnarValue::Array))
+}
+
+/// Every time of `times` binned, or `None` if some row could overflow.
+fn bin(
+    times: &PrimitiveArray<TimestampNanosecondType>,
+    stride: i64,
+    origin: i64,
+) -> Option<ArrayRef> {
+    if let (Some(lo), Some(hi)) = (min(times), max(times)) {
+        // every (t - origin) fits, and so does every result: it lies in (t - stride, t]
+        lo.checked_sub(origin)?.checked_sub(stride)?;
+        hi.checked_sub(origin)?;
+        lo.checked_sub(stride)?;
+    }
+    let by = StrengthReducedU64::new(stride as u64);
+    // NULL slots hold arbitrary values: wrapping arithmetic, and the result is masked
+    let out: PrimitiveArray<TimestampNanosecondType> = times.unary(|t| {
+        let diff = t.wrapping_sub(origin);
+        let delta = if diff >= 0 {
+            ((diff as u64 / by) as i64).wrapping_mul(stride)
+        } else {
+            // floor for negatives: -(|diff| - 1) / stride - 1 whole strides
+            let n = (diff.wrapping_add(1)).wrapping_neg() as u64;
+            ((n / by) as i64)
+                .wrapping_add(1)
+                .wrapping_mul(stride)
+                .wrapping_neg()
+        };
+        origin.wrapping_add(delta)
+    });
+    Some(Arc::new(out.with_timezone_opt(match times.data_type() {
+        DataType::Timestamp(_, tz) => tz.clone(),
+        _ => None,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::TimestampNanosecondArray;
+    use datafusion::arrow::datatypes::{Field, IntervalMonthDayNano};
+    use datafusion::config::ConfigOptions;
+    use proptest::prelude::*;
+
+    /// DataFusion's `date_bin` on the same arguments, and ours.
+    fn both(
+        stride: ScalarValue,
+        times: Vec<Option<i64>>,
+        origin: Option<i64>,
+    ) -> (ArrayRef, ArrayRef) {
+        let tz: Option<Arc<str>> = Some("UTC".into());
+        let array: ArrayRef =
+            Arc::new(TimestampNanosecondArray::from(times.clone()).with_timezone_opt(tz.clone()));
+        let mut args = vec![
+            ColumnarValue::Scalar(stride),
+            ColumnarValue::Array(Arc::clone(&array)),
+        ];
+        if let Some(o) = origin {
+            args.push(ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(
+                Some(o),
+                tz.clone(),
+            )));
+        }
+        let run = |f: &ScalarUDF| {
+            let arg_fields = args
+                .iter()
+                .map(|a| Arc::new(Field::new("a", a.data_type(), true)))
+                .collect();
+            let out = f
+                .invoke_with_args(ScalarFunctionArgs {
+                    args: args.clone(),
+                    arg_fields,
+                    number_rows: times.len(),
+                    return_field: Arc::new(Field::new("r", array.data_type().clone(), true)),
+                    config_options: Arc::new(ConfigOptions::default()),
+                })
+                .unwrap();
+            out.into_array(times.len()).unwrap()
+        };
+        (
+            run(&datafusion::functions::datetime::date_bin()),
+            run(&date_bin()),
+        )
+    }
+
+    fn interval(days: i32, nanos: i64) -> ScalarValue {
+        ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(0, days, nanos)))
+    }
+
+    #[test]
+    fn edges_match_datafusion() {
+        let five_min = 300_000_000_000;
+        let times = vec![
+            Some(0),
+            Some(1),
+            Some(-1),
+            Some(five_min),
+            Some(five_min - 1),
+            Some(-five_min),
+            Some(-five_min - 1),
+            None,
+            Some(1_764_201_600_123_456_789),
+            Some(i64::MAX),
+            Some(i64::MIN),
+        ];
+        for stride in [
+            interval(0, five_min),
+            interval(1, 0),
+            interval(0, 1),
+            interval(0, 7),
+        ] {
+            for origin in [
+                None,
+                Some(0),
+                Some(-123),
+                Some(five_min / 2),
+                Some(i64::MAX),
+            ] {
+                // with the extremes (the batch goes to DataFusion) and without them
+                for ts in [times.clone(), times[..9].to_vec()] {
+                    let (want, got) = both(stride.clone(), ts, origin);
+                    assert_eq!(&want, &got, "stride {stride:?}, origin {origin:?}");
+                }
+            }
+        }
+        // the fast path was taken where it could be (not only the fallback tested)
+        let t = TimestampNanosecondArray::from(vec![Some(-1), Some(7)]);
+        let out = bin(&t, 5, 0).unwrap();
+        assert_eq!(
+            out.as_primitive::<TimestampNanosecondType>().values(),
+            &[-5, 5]
+        );
+        assert!(bin(&TimestampNanosecondArray::from(vec![i64::MIN]), 5, 0).is_none());
+        // months, zero and negative strides are DataFusion's: months bin by calendar
+        let month = ScalarValue::IntervalMonthDayNano(Some(IntervalMonthDayNano::new(1, 0, 0)));
+        let (want, got) = both(month, times[..9].to_vec(), None);
+        assert_eq!(&want, &got);
+        assert!(fixed_stride(&ColumnarValue::Scalar(interval(0, 0))).is_none());
+        assert!(fixed_stride(&ColumnarValue::Scalar(interval(-1, 0))).is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn any_times_match_datafusion(
+            times in proptest::collection::vec(proptest::option::weighted(0.9, any::<i64>()), 1..64),
+            near in proptest::collection::vec(-10_000_000_000_000i64..10_000_000_000_000, 1..64),
+            stride in 1i64..200_000_000_000_000,
+            origin in proptest::option::of(-1_000_000_000_000_000i64..1_000_000_000_000_000),
+        ) {
+            let stride = interval(0, stride);
+            let (want, got) = both(stride.clone(), times, origin);
+            prop_assert_eq!(&want, &got);
+            let (want, got) = both(stride, near.into_iter().map(Some).collect(), origin);
+            prop_assert_eq!(&want, &got);
+        }
+    }
+}

@@ -1,0 +1,689 @@
+//! Dashboard aggregates over runs: `GROUP BY tags, date_bin(..., time)` folds each run
+//! of consecutive rows with the same keys into one row before the hash aggregate.
+//!
+//! Segments are sorted by series then time, so the rows a dashboard query groups by tag
+//! and time bucket arrive in long runs with equal keys (a sensor's 30 readings of one
+//! 5-minute bucket, say). DataFusion's hash aggregate hashes and looks up every row; for
+//! a day of a thousand sensors that is 8.6 M lookups of a (dictionary string, time) key,
+//! which was most of such a query's time (`perf`; numbers in `benches/README.md`).
+//!
+//! [`RunsRule`] rewrites an `Aggregate` whose keys are all tag columns (dictionaries) or
+//! `date_bin(<literal>, <timestamp column>[, <literal>])`, and whose aggregates are all
+//! plain `min`, `max`, `sum`, `count` or `avg` of one numeric value (no DISTINCT,
+//! FILTER or ORDER BY), into
+//!
+//! ```text
+//! Projection: original names; avg = sum(s) / sum(c)
+//!   Aggregate: keys; min(p) / max(p) / sum(p) of the partials
+//!     RunFold: one row per run of equal keys, with the run's partials
+//!       Projection: keys, aggregated values
+//!         <the aggregate's input>
+//! ```
+//!
+//! [`RunFoldExec`] finds, per batch, where any key changes from one row to the next and
+//! folds each run's values: min, max, sum (wrapping, as DataFusion's), count of non-null
+//! values, and for `avg` the sum as a double (NULL where the run has no value, so that an
+//! all-NULL group still averages to NULL). The answer is the same whatever the input's
+//! order — a run is only ever a subset of a group, and a group split over several runs
+//! (batch boundaries, interleaved series, the buffer's unsorted rows) is merged by the
+//! aggregate above — only how much it saves depends on the order. Up to the order of a
+//! floating-point sum, which DataFusion's partitioned aggregate does not fix either.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, BooleanArray, Int64Array, PrimitiveArray,
+    RecordBatch, UInt32Array,
+};
+use datafusion::arrow::compute::kernels::cmp::distinct;
+use datafusion::arrow::compute::{cast, or, take};
+use datafusion::arrow::datatypes::{
+    ArrowNativeTypeOp, DataType, Field, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type,
+};
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchema, DFSchemaRef, DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::functions_aggregate::expr_fn::{max, min, sum};
+use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams, Alias};
+use datafusion::logical_expr::{
+    Aggregate, Expr, ExprSchemable, Extension, LogicalPlan, Projection, UserDefinedLogicalNode,
+    UserDefinedLogicalNodeCore, cast as cast_expr,
+};
+use datafusion::optimizer::optimizer::ApplyOrder;
+use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::EmissionType;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PhysicalExpr,
+    PlanProperties,
+};
+use datafusion::physical_planner::{ExtensionPlanner, PhysicalPlanner};
+use futures::StreamExt;
+
+/// What [`RunFoldExec`] computes of each run for one value column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+pub(crate) enum Part {
+    Min,
+    Max,
+    /// Wrapping for integers, as DataFusion's `sum`.
+    Sum,
+    /// Non-null values (`Int64`).
+    Count,
+    /// The values' sum as a double, NULL if the run has none (`avg`'s numerator).
+    FloatSum,
+}
+
+// ---- the logical node ----------------------------------------------------------------
+
+/// One row per run of equal keys (see the module docs). The input's first `keys`
+/// columns are the keys; each part folds one of the columns after them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RunFold {
+    input: LogicalPlan,
+    keys: usize,
+    /// (what, which input column)
+    parts: Vec<(Part, usize)>,
+    schema: DFSchemaRef,
+}
+
+const KEY: &str = "__run_k";
+const PART: &str = "__run_p";
+const VALUE: &str = "__run_v";
+const FOLDED: &str = "__run_a";
+
+impl RunFold {
+    fn try_new(input: LogicalPlan, keys: usize, parts: Vec<(Part, usize)>) -> Result<Self> {
+        let in_schema = input.schema();
+        let mut fields: Vec<Field> = (0..keys)
+            .map(|i| in_schema.field(i).as_ref().clone())
+            .collect();
+        for (j, (part, col)) in parts.iter().enumerate() {
+            let name = format!("{PART}{j}");
+            fields.push(match part {
+                Part::Min | Part::Max | Part::Sum => {
+                    Field::new(name, in_schema.field(*col).data_type().clone(), true)
+                }
+                Part::Count => Field::new(name, DataType::Int64, false),
+                Part::FloatSum => Field::new(name, DataType::Float64, true),
+            });
+        }
+        let schema = Arc::new(DFSchema::try_from(Schema::new(fields))?);
+        Ok(RunFold {
+            input,
+            keys,
+            parts,
+            schema,
+        })
+    }
+}
+
+impl Hash for RunFold {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.input.hash(state);
+        self.keys.hash(state);
+        self.parts.hash(state);
+    }
+}
+
+impl PartialOrd for RunFold {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        (self.keys, &self.parts)
+            .partial_cmp(&(other.keys, &other.parts))
+            .filter(|o| o.is_ne() || self == other)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for RunFold {
+    fn name(&self) -> &str {
+        "RunFold"
+    }
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+    fn expressions(&self) -> Vec<Expr> {
+        Vec::new()
+    }
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "RunFold: keys={}, parts={:?}", self.keys, self.parts)
+    }
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        let input = inputs
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("RunFold needs one input".into()))?;
+        RunFold::try_new(input, self.keys, self.parts.clone())
+    }
+}
+
+// ---- the rewrite ---------------------------------------------------------------------
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct RunsRule;
+
+impl OptimizerRule for RunsRule {
+    fn name(&self) -> &str {
+        "talo_run_fold"
+    }
+
+    fn apply_order(&self) -> Option<ApplyOrder> {
+        Some(ApplyOrder::BottomUp)
+    }
+
+    fn supports_rewrite(&self) -> bool {
+        true
+    }
+
+    fn rewrite(
+        &self,
+        plan: LogicalPlan,
+        _config: &dyn OptimizerConfig,
+    ) -> Result<Transformed<LogicalPlan>> {
+        match plan {
+            LogicalPlan::Aggregate(a) => match fold_plan(&a)? {
+                Some(p) => Ok(Transformed::yes(p)),
+                None => Ok(Transformed::no(LogicalPlan::Aggregate(a))),
+            },
+            other => Ok(Transformed::no(other)),
+        }
+    }
+}
+
+/// A key whose equal values come in runs: a tag, or a time bucket.
+fn is_run_key(e: &Expr, input: &DFSchema) -> Result<bool> {
+    Ok(match e {
+        Expr::Column(_) => matches!(e.get_type(input)?, DataType::Dictionary(_, _)),
+        Expr::ScalarFunction(f) if f.func.name() == "date_bin" => {
+            f.args.len() >= 2
+                && matches!(f.args[1], Expr::Column(_))
+                && matches!(f.args[1].get_type(input)?, DataType::Timestamp(_, _))
+                && f.args
+                    .iter()
+                    .enumerate()
+                    .all(|(i, a)| i == 1 || matches!(a, Expr::Literal(..)))
+        }
+        _ => false,
+    })
+}
+
+fn is_foldable_number(t: &DataType) -> bool {
+    matches!(t, DataType::Float64 | DataType::Int64 | DataType::UInt64)
+}
+
+/// The parts one aggregate needs, or `None` if it cannot be folded.
+fn parts_of(e: &Expr, input: &DFSchema) -> Result<Option<(&'static str, Expr)>> {
+    let e = match e {
+        Expr::Alias(Alias { expr, .. }) => expr.as_ref(),
+        e => e,
+    };
+    let Expr::AggregateFunction(AggregateFunction {
+        func,
+        params:
+            AggregateFunctionParams {
+                args,
+                distinct,
+                filter,
+                order_by,
+                null_treatment: _,
+            },
+    }) = e
+    else {
+        return Ok(None);
+    };
+    if *distinct || filter.is_some() || !order_by.is_empty() || args.len() != 1 {
+        return Ok(None);
+    }
+    let name = match func.name() {
+        "min" => "min",
+        "max" => "max",
+        "sum" => "sum",
+        "count" => "count",
+        "avg" => "avg",
+        _ => return Ok(None),
+    };
+    if name != "count" && !is_foldable_number(&args[0].get_type(input)?) {
+        return Ok(None);
+    }
+    Ok(Some((name, args[0].clone())))
+}
+
+/// `agg` over a [`RunFold`] (module docs), or `None` where it does not apply.
+fn fold_plan(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
+    if agg.group_expr.is_empty() {
+        return Ok(None);
+    }
+    if let LogicalPlan::Extension(Extension { node }) = agg.input.as_ref()
+        && node.as_any().is::<RunFold>()
+    {
+        return Ok(None);
+    }
+    let input_schema = agg.input.schema();
+    for k in &agg.group_expr {
+        if !is_run_key(k, input_schema)? {
+            return Ok(None);
+        }
+    }
+    let mut folded = Vec::with_capacity(agg.aggr_expr.len());
+    for a in &agg.aggr_expr {
+        match parts_of(a, input_schema)? {
+            Some(p) => folded.push(p),
+            None => return Ok(None),
+        }
+    }
+    // below the fold: the keys, then each aggregate's argument
+    let keys = agg.group_expr.len();
+    let mut below: Vec<Expr> = agg
+        .group_expr
+        .iter()
+        .enumerate()
+        .map(|(i, k)| k.clone().alias(format!("{KEY}{i}")))
+        .collect();
+    let mut parts = Vec::new();
+    // per aggregate: the indexes of its parts
+    let mut uses: Vec<Vec<usize>> = Vec::new();
+    for (j, (name, arg)) in folded.iter().enumerate() {
+        let col = below.len();
+        below.push(arg.clone().alias(format!("{VALUE}{j}")));
+        let wanted: &[Part] = match *name {
+            "min" => &[Part::Min],
+            "max" => &[Part::Max],
+            "sum" => &[Part::Sum],
+            "count" => &[Part::Count],
+            _ => &[Part::FloatSum, Part::Count],
+        };
+        uses.push(
+            wanted
+                .iter()
+                .map(|p| {
+                    parts.push((*p, col));
+                    parts.len() - 1
+                })
+                .collect(),
+        );
+    }
+    let projection = Projection::try_new(below, Arc::clone(&agg.input))?;
+    let fold = RunFold::try_new(LogicalPlan::Projection(projection), keys, parts.clone())?;
+    let fold = LogicalPlan::Extension(Extension {
+        node: Arc::new(fold),
+    });
+    // above: merge the runs of each group
+    let group: Vec<Expr> = (0..keys)
+        .map(|i| Expr::Column(Column::from_name(format!("{KEY}{i}"))))
+        .collect();
+    let merged: Vec<Expr> = parts
+        .iter()
+        .enumerate()
+        .map(|(m, (part, _))| {
+            let p = Expr::Column(Column::from_name(format!("{PART}{m}")));
+            let e = match part {
+                Part::Min => min(p),
+                Part::Max => max(p),
+                Part::Sum | Part::Count | Part::FloatSum => sum(p),
+            };
+            e.alias(format!("{FOLDED}{m}"))
+        })
+        .collect();
+    let merged = Aggregate::try_new(Arc::new(fold), group, merged)?;
+    // and the original names and types on top
+    let original = &agg.schema;
+    let folded_col = |m: usize| Expr::Column(Column::from_name(format!("{FOLDED}{m}")));
+    let mut out = Vec::with_capacity(original.fields().len());
+    for (i, (q, f)) in original.iter().enumerate() {
+        let e = if i < keys {
+            Expr::Column(Column::from_name(format!("{KEY}{i}")))
+        } else {
+            let j = i - keys;
+            let Some(used) = uses.get(j) else {
+                // an output the rewrite does not know (e.g. a grouping id): leave it
+                return Ok(None);
+            };
+            if folded[j].0 == "avg" {
+                cast_expr(folded_col(used[0]), DataType::Float64)
+                    / cast_expr(folded_col(used[1]), DataType::Float64)
+            } else {
+                folded_col(used[0])
+            }
+        };
+        let e = if e.get_type(&merged.schema)? == *f.data_type() {
+            e
+        } else {
+            cast_expr(e, f.data_type().clone())
+        };
+        out.push(e.alias_qualified(q.cloned(), f.name()));
+    }
+    let top = Projection::try_new(out, Arc::new(LogicalPlan::Aggregate(merged)))?;
+    Ok(Some(LogicalPlan::Projection(top)))
+}
+
+// ---- the physical side ---------------------------------------------------------------
+
+/// Plans [`RunFold`] nodes.
+pub(crate) struct RunFoldPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for RunFoldPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _planning_ctx: &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(r) = node.as_any().downcast_ref::<RunFold>() else {
+            return Ok(None);
+        };
+        let schema: SchemaRef = Arc::new(r.schema.as_arrow().clone());
+        Ok(Some(Arc::new(RunFoldExec::new(
+            Arc::clone(&physical_inputs[0]),
+            r.keys,
+            r.parts.clone(),
+            schema,
+        ))))
+    }
+}
+
+/// Executes [`RunFold`], batch by batch, partition by partition.
+#[derive(Debug)]
+pub(crate) struct RunFoldExec {
+    input: Arc<dyn ExecutionPlan>,
+    keys: usize,
+    parts: Vec<(Part, usize)>,
+    props: Arc<PlanProperties>,
+}
+
+impl RunFoldExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        keys: usize,
+        parts: Vec<(Part, usize)>,
+        schema: SchemaRef,
+    ) -> Self {
+        let props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            input.output_partitioning().clone(),
+            EmissionType::Incremental,
+            input.boundedness(),
+        ));
+        RunFoldExec {
+            input,
+            keys,
+            parts,
+            props,
+        }
+    }
+}
+
+impl DisplayAs for RunFoldExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "RunFoldExec: keys={}, parts={:?}", self.keys, self.parts)
+    }
+}
+
+impl ExecutionPlan for RunFoldExec {
+    fn name(&self) -> &str {
+        "RunFoldExec"
+    }
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children
+            .pop()
+            .ok_or_else(|| DataFusionError::Internal("RunFoldExec needs one child".into()))?;
+        Ok(Arc::new(RunFoldExec::new(
+            input,
+            self.keys,
+            self.parts.clone(),
+            Arc::clone(self.props.eq_properties.schema()),
+        )))
+    }
+    fn execute(
+        &self,
+        partition: usize,
+        ctx: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let schema = Arc::clone(self.props.eq_properties.schema());
+        let (keys, parts) = (self.keys, self.parts.clone());
+        let out_schema = Arc::clone(&schema);
+        let stream = self.input.execute(partition, ctx)?.map(move |b| {
+            let b = b?;
+            fold_batch(&b, keys, &parts, &out_schema)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// Where any of `keys` differs from the row before: the first row of every run.
+fn run_starts(keys: &[ArrayRef]) -> Result<Vec<usize>> {
+    let n = keys.first().map_or(0, |k| k.len());
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut changed: Option<BooleanArray> = None;
+    for k in keys {
+        // a dictionary's equal keys are equal values (unequal keys may still be equal
+        // values: that only splits a run, which the aggregate above merges again)
+        let k = match k.as_any_dictionary_opt() {
+            Some(d) => d.keys().slice(0, n),
+            None => Arc::clone(k),
+        };
+        let d = distinct(&k.slice(1, n - 1), &k.slice(0, n - 1))?;
+        changed = Some(match changed {
+            None => d,
+            Some(c) => or(&c, &d)?,
+        });
+    }
+    let mut starts = vec![0];
+    if let Some(c) = changed {
+        // `distinct` leaves no NULLs; the values are the answer
+        starts.extend(c.values().set_indices().map(|i| i + 1));
+    }
+    Ok(starts)
+}
+
+/// Each run's values folded.
+fn fold_runs<T: ArrowPrimitiveType>(
+    values: &PrimitiveArray<T>,
+    starts: &[usize],
+    part: Part,
+) -> ArrayRef {
+    let n = values.len();
+    let bounds = starts
+        .iter()
+        .zip(starts.iter().skip(1).chain(std::iter::once(&n)));
+    let valid = |i: usize| values.is_valid(i);
+    let v = values.values();
+    match part {
+        Part::Count => {
+            let counts: Int64Array = bounds
+                .map(|(&s, &e)| {
+                    if values.null_count() == 0 {
+                        (e - s) as i64
+                    } else {
+                        (s..e).filter(|&i| valid(i)).count() as i64
+                    }
+                })
+                .map(Some)
+                .collect();
+            Arc::new(counts)
+        }
+        Part::Min | Part::Max | Part::Sum => {
+            // how two values combine; an incomparable (NaN) value wins, as in
+            // DataFusion's min/max
+            let combine = |a: T::Native, x: T::Native| match part {
+                Part::Sum => a.add_wrapping(x),
+                Part::Max => match x.partial_cmp(&a) {
+                    Some(std::cmp::Ordering::Greater) | None => x,
+                    _ => a,
+                },
+                _ => match x.partial_cmp(&a) {
+                    Some(std::cmp::Ordering::Less) | None => x,
+                    _ => a,
+                },
+            };
+            let out: PrimitiveArray<T> = if values.null_count() == 0 {
+                // every run has a first value: no NULLs to skip or to return
+                let folded: Vec<T::Native> = bounds
+                    .map(|(&s, &e)| v[s + 1..e].iter().fold(v[s], |a, &x| combine(a, x)))
+                    .collect();
+                PrimitiveArray::new(folded.into(), None)
+            } else {
+                bounds
+                    .map(|(&s, &e)| (s..e).filter(|&i| valid(i)).map(|i| v[i]).reduce(&combine))
+                    .collect()
+            };
+            Arc::new(out.with_data_type(values.data_type().clone()))
+        }
+        Part::FloatSum => unreachable!("folded as Float64 by fold_column"),
+    }
+}
+
+/// One part of every run of `col`.
+fn fold_column(col: &ArrayRef, starts: &[usize], part: Part) -> Result<ArrayRef> {
+    if part == Part::FloatSum {
+        let f = cast(col, &DataType::Float64)?;
+        let f = f.as_primitive::<Float64Type>();
+        let sums = fold_runs(f, starts, Part::Sum);
+        return Ok(sums);
+    }
+    if part == Part::Count
+        && !matches!(
+            col.data_type(),
+            DataType::Float64 | DataType::Int64 | DataType::UInt64
+        )
+    {
+        // count of any type: only its validity matters
+        let n = col.len();
+        let counts: Int64Array = starts
+            .iter()
+            .zip(starts.iter().skip(1).chain(std::iter::once(&n)))
+            .map(|(&s, &e)| Some((s..e).filter(|&i| col.is_valid(i)).count() as i64))
+            .collect();
+        return Ok(Arc::new(counts));
+    }
+    Ok(match col.data_type() {
+        DataType::Float64 => fold_runs(col.as_primitive::<Float64Type>(), starts, part),
+        DataType::Int64 => fold_runs(col.as_primitive::<Int64Type>(), starts, part),
+        DataType::UInt64 => fold_runs(col.as_primitive::<UInt64Type>(), starts, part),
+        other => {
+            return Err(DataFusionError::Internal(format!(
+                "RunFold cannot fold {other}"
+            )));
+        }
+    })
+}
+
+fn fold_batch(
+    b: &RecordBatch,
+    keys: usize,
+    parts: &[(Part, usize)],
+    schema: &SchemaRef,
+) -> Result<RecordBatch> {
+    let starts = run_starts(&b.columns()[..keys])?;
+    let idx = UInt32Array::from_iter_values(starts.iter().map(|&i| i as u32));
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(keys + parts.len());
+    for k in &b.columns()[..keys] {
+        cols.push(take(k.as_ref(), &idx, None)?);
+    }
+    for (part, col) in parts {
+        cols.push(fold_column(b.column(*col), &starts, *part)?);
+    }
+    Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{DictionaryArray, Float64Array, TimestampNanosecondArray};
+    use datafusion::arrow::datatypes::Int32Type;
+
+    #[test]
+    fn runs_start_where_any_key_changes() {
+        let tag: DictionaryArray<Int32Type> = vec![
+            Some("a"),
+            Some("a"),
+            Some("b"),
+            Some("b"),
+            None,
+            None,
+            Some("a"),
+        ]
+        .into_iter()
+        .collect();
+        let time = TimestampNanosecondArray::from(vec![1, 1, 1, 2, 2, 2, 2]);
+        let keys: Vec<ArrayRef> = vec![Arc::new(tag), Arc::new(time)];
+        assert_eq!(run_starts(&keys).unwrap(), vec![0, 2, 3, 4, 6]);
+        assert_eq!(run_starts(&[]).unwrap(), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn runs_fold_like_the_aggregates() {
+        let starts = [0, 2, 3, 5];
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![
+            Some(i64::MAX),
+            Some(1),
+            None,
+            Some(-4),
+            Some(7),
+            None,
+        ]));
+        let col = |part| fold_column(&ints, &starts, part).unwrap();
+        // the sum wraps, as DataFusion's; a run of NULLs has no min, max or sum
+        assert_eq!(
+            col(Part::Sum).as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![Some(i64::MIN), None, Some(3), None])
+        );
+        assert_eq!(
+            col(Part::Max).as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![Some(i64::MAX), None, Some(7), None])
+        );
+        assert_eq!(
+            col(Part::Min).as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![Some(1), None, Some(-4), None])
+        );
+        assert_eq!(
+            col(Part::Count).as_primitive::<Int64Type>(),
+            &Int64Array::from(vec![2, 0, 2, 0])
+        );
+        assert_eq!(
+            col(Part::FloatSum).as_primitive::<Float64Type>(),
+            &Float64Array::from(vec![Some(i64::MAX as f64 + 1.0), None, Some(3.0), None])
+        );
+        // without NULLs (the fast path), and NaN wins max and min as in DataFusion
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![1.5, f64::NAN, 2.0, -1.0]));
+        let starts = [0, 2];
+        let max = fold_column(&floats, &starts, Part::Max).unwrap();
+        let max = max.as_primitive::<Float64Type>();
+        assert!(max.value(0).is_nan());
+        assert_eq!(max.value(1), 2.0);
+        let min = fold_column(&floats, &starts, Part::Min).unwrap();
+        assert!(min.as_primitive::<Float64Type>().value(0).is_nan());
+        assert_eq!(min.as_primitive::<Float64Type>().value(1), -1.0);
+        assert_eq!(max.null_count(), 0);
+    }
+}
