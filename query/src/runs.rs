@@ -221,8 +221,12 @@ fn is_foldable_number(t: &DataType) -> bool {
     matches!(t, DataType::Float64 | DataType::Int64 | DataType::UInt64)
 }
 
-/// The parts one aggregate needs, or `None` if it cannot be folded.
-fn parts_of(e: &Expr, input: &DFSchema) -> Result<Option<(&'static str, Expr)>> {
+/// `avg`'s parts: the numerator, then the count.
+const AVG: &[Part] = &[Part::FloatSum, Part::Count];
+
+/// The parts one aggregate needs and the value they fold, or `None` if it cannot be
+/// folded.
+fn parts_of(e: &Expr, input: &DFSchema) -> Result<Option<(&'static [Part], Expr)>> {
     let e = match e {
         Expr::Alias(Alias { expr, .. }) => expr.as_ref(),
         e => e,
@@ -244,18 +248,18 @@ fn parts_of(e: &Expr, input: &DFSchema) -> Result<Option<(&'static str, Expr)>> 
     if *distinct || filter.is_some() || !order_by.is_empty() || args.len() != 1 {
         return Ok(None);
     }
-    let name = match func.name() {
-        "min" => "min",
-        "max" => "max",
-        "sum" => "sum",
-        "count" => "count",
-        "avg" => "avg",
+    let parts: &'static [Part] = match func.name() {
+        "min" => &[Part::Min],
+        "max" => &[Part::Max],
+        "sum" => &[Part::Sum],
+        "count" => &[Part::Count],
+        "avg" => AVG,
         _ => return Ok(None),
     };
-    if name != "count" && !is_foldable_number(&args[0].get_type(input)?) {
+    if parts != [Part::Count] && !is_foldable_number(&args[0].get_type(input)?) {
         return Ok(None);
     }
-    Ok(Some((name, args[0].clone())))
+    Ok(Some((parts, args[0].clone())))
 }
 
 /// `agg` over a [`RunFold`] (module docs), or `None` where it does not apply.
@@ -292,16 +296,9 @@ fn fold_plan(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
     let mut parts = Vec::new();
     // per aggregate: the indexes of its parts
     let mut uses: Vec<Vec<usize>> = Vec::new();
-    for (j, (name, arg)) in folded.iter().enumerate() {
+    for (j, (wanted, arg)) in folded.iter().enumerate() {
         let col = below.len();
         below.push(arg.clone().alias(format!("{VALUE}{j}")));
-        let wanted: &[Part] = match *name {
-            "min" => &[Part::Min],
-            "max" => &[Part::Max],
-            "sum" => &[Part::Sum],
-            "count" => &[Part::Count],
-            _ => &[Part::FloatSum, Part::Count],
-        };
         uses.push(
             wanted
                 .iter()
@@ -348,7 +345,7 @@ fn fold_plan(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
                 // an output the rewrite does not know (e.g. a grouping id): leave it
                 return Ok(None);
             };
-            if folded[j].0 == "avg" {
+            if folded[j].0 == AVG {
                 cast_expr(folded_col(used[0]), DataType::Float64)
                     / cast_expr(folded_col(used[1]), DataType::Float64)
             } else {
