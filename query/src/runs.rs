@@ -503,32 +503,24 @@ fn run_starts(keys: &[ArrayRef]) -> Result<Vec<usize>> {
     Ok(starts)
 }
 
-/// Each run's values folded.
+/// (first, end) of every run.
+fn run_bounds(starts: &[usize], n: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    starts
+        .iter()
+        .copied()
+        .zip(starts.iter().skip(1).copied().chain(std::iter::once(n)))
+}
+
+/// Each run's values folded (min, max or sum).
 fn fold_runs<T: ArrowPrimitiveType>(
     values: &PrimitiveArray<T>,
     starts: &[usize],
     part: Part,
 ) -> ArrayRef {
-    let n = values.len();
-    let bounds = starts
-        .iter()
-        .zip(starts.iter().skip(1).chain(std::iter::once(&n)));
+    let bounds = run_bounds(starts, values.len());
     let valid = |i: usize| values.is_valid(i);
     let v = values.values();
     match part {
-        Part::Count => {
-            let counts: Int64Array = bounds
-                .map(|(&s, &e)| {
-                    if values.null_count() == 0 {
-                        (e - s) as i64
-                    } else {
-                        (s..e).filter(|&i| valid(i)).count() as i64
-                    }
-                })
-                .map(Some)
-                .collect();
-            Arc::new(counts)
-        }
         Part::Min | Part::Max | Part::Sum => {
             // how two values combine; an incomparable (NaN) value wins, as in
             // DataFusion's min/max
@@ -546,17 +538,17 @@ fn fold_runs<T: ArrowPrimitiveType>(
             let out: PrimitiveArray<T> = if values.null_count() == 0 {
                 // every run has a first value: no NULLs to skip or to return
                 let folded: Vec<T::Native> = bounds
-                    .map(|(&s, &e)| v[s + 1..e].iter().fold(v[s], |a, &x| combine(a, x)))
+                    .map(|(s, e)| v[s + 1..e].iter().fold(v[s], |a, &x| combine(a, x)))
                     .collect();
                 PrimitiveArray::new(folded.into(), None)
             } else {
                 bounds
-                    .map(|(&s, &e)| (s..e).filter(|&i| valid(i)).map(|i| v[i]).reduce(&combine))
+                    .map(|(s, e)| (s..e).filter(|&i| valid(i)).map(|i| v[i]).reduce(&combine))
                     .collect()
             };
             Arc::new(out.with_data_type(values.data_type().clone()))
         }
-        Part::FloatSum => unreachable!("folded as Float64 by fold_column"),
+        Part::Count | Part::FloatSum => unreachable!("folded by fold_column"),
     }
 }
 
@@ -568,18 +560,16 @@ fn fold_column(col: &ArrayRef, starts: &[usize], part: Part) -> Result<ArrayRef>
         let sums = fold_runs(f, starts, Part::Sum);
         return Ok(sums);
     }
-    if part == Part::Count
-        && !matches!(
-            col.data_type(),
-            DataType::Float64 | DataType::Int64 | DataType::UInt64
-        )
-    {
-        // count of any type: only its validity matters
-        let n = col.len();
-        let counts: Int64Array = starts
-            .iter()
-            .zip(starts.iter().skip(1).chain(std::iter::once(&n)))
-            .map(|(&s, &e)| Some((s..e).filter(|&i| col.is_valid(i)).count() as i64))
+    if part == Part::Count {
+        // only validity matters, whatever the type
+        let counts: Int64Array = run_bounds(starts, col.len())
+            .map(|(s, e)| {
+                Some(if col.null_count() == 0 {
+                    (e - s) as i64
+                } else {
+                    (s..e).filter(|&i| col.is_valid(i)).count() as i64
+                })
+            })
             .collect();
         return Ok(Arc::new(counts));
     }
