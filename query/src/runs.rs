@@ -10,11 +10,13 @@
 //! [`RunsRule`] rewrites an `Aggregate` whose keys are all tag columns (dictionaries) or
 //! `date_bin(<literal>, <timestamp column>[, <literal>])`, and whose aggregates are all
 //! plain `min`, `max`, `sum`, `count` or `avg` of one numeric value (no DISTINCT,
-//! FILTER or ORDER BY), into
+//! FILTER or ORDER BY), or `first_value`/`last_value(<any value> ORDER BY <non-null
+//! time>)` (the dashboard's "last reading per sensor"), into
 //!
 //! ```text
 //! Projection: original names; avg = sum(s) / sum(c)
-//!   Aggregate: keys; min(p) / max(p) / sum(p) of the partials
+//!   Aggregate: keys; min(p) / max(p) / sum(p) of the partials,
+//!              last_value(p ORDER BY picked time) of the picks
 //!     RunFold: one row per run of equal keys, with the run's partials
 //!       Projection: keys, aggregated values
 //!         <the aggregate's input>
@@ -23,7 +25,8 @@
 //! [`RunFoldExec`] finds, per batch, where any key changes from one row to the next and
 //! folds each run's values: min, max, sum (wrapping, as DataFusion's), count of non-null
 //! values, and for `avg` the sum as a double (NULL where the run has no value, so that an
-//! all-NULL group still averages to NULL). The answer is the same whatever the input's
+//! all-NULL group still averages to NULL); for `first_value`/`last_value` the value at
+//! the run's earliest/latest time and that time. The answer is the same whatever the input's
 //! order — a run is only ever a subset of a group, and a group split over several runs
 //! (batch boundaries, interleaved series, the buffer's unsorted rows) is merged by the
 //! aggregate above — only how much it saves depends on the order. Up to the order of a
@@ -48,7 +51,9 @@ use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, DFSchemaRef, DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::functions_aggregate::expr_fn::{max, min, sum};
-use datafusion::logical_expr::expr::{AggregateFunction, AggregateFunctionParams, Alias};
+use datafusion::logical_expr::expr::{
+    AggregateFunction, AggregateFunctionParams, Alias, NullTreatment,
+};
 use datafusion::logical_expr::{
     Aggregate, Expr, ExprSchemable, Extension, LogicalPlan, Projection, UserDefinedLogicalNode,
     UserDefinedLogicalNodeCore, cast as cast_expr,
@@ -76,6 +81,14 @@ pub(crate) enum Part {
     Count,
     /// The values' sum as a double, NULL if the run has none (`avg`'s numerator).
     FloatSum,
+    /// The value at the run's latest (or earliest) `time` (an input column of
+    /// non-null timestamps or integers), NULL or not: `last_value`/`first_value`'s
+    /// partial. Of equal latest times the later row is taken, of equal earliest the
+    /// earlier (DataFusion leaves ties open too).
+    Pick {
+        time: usize,
+        latest: bool,
+    },
 }
 
 // ---- the logical node ----------------------------------------------------------------
@@ -94,6 +107,7 @@ pub(crate) struct RunFold {
 const KEY: &str = "__run_k";
 const PART: &str = "__run_p";
 const VALUE: &str = "__run_v";
+const TIME: &str = "__run_t";
 const FOLDED: &str = "__run_a";
 
 impl RunFold {
@@ -105,7 +119,7 @@ impl RunFold {
         for (j, (part, col)) in parts.iter().enumerate() {
             let name = format!("{PART}{j}");
             fields.push(match part {
-                Part::Min | Part::Max | Part::Sum => {
+                Part::Min | Part::Max | Part::Sum | Part::Pick { .. } => {
                     Field::new(name, in_schema.field(*col).data_type().clone(), true)
                 }
                 Part::Count => Field::new(name, DataType::Int64, false),
@@ -224,31 +238,64 @@ fn is_foldable_number(t: &DataType) -> bool {
 /// `avg`'s parts: the numerator, then the count.
 const AVG: &[Part] = &[Part::FloatSum, Part::Count];
 
-/// The parts one aggregate needs and the value they fold, or `None` if it cannot be
-/// folded.
-fn parts_of(e: &Expr, input: &DFSchema) -> Result<Option<(&'static [Part], Expr)>> {
+/// How one aggregate is folded.
+enum Fold {
+    /// Parts of one value, merged by `min`/`max`/`sum` (`avg`: sum over count).
+    Plain(&'static [Part], Expr),
+    /// `first_value`/`last_value(value ORDER BY time)`: each run's value at its first
+    /// (or last) time and that time, merged by the same aggregate ordered by that time.
+    Pick {
+        agg: AggregateFunction,
+        value: Expr,
+        time: Expr,
+        latest: bool,
+    },
+}
+
+/// How one aggregate folds, or `None` if it cannot.
+fn parts_of(e: &Expr, input: &DFSchema) -> Result<Option<Fold>> {
     let e = match e {
         Expr::Alias(Alias { expr, .. }) => expr.as_ref(),
         e => e,
     };
-    let Expr::AggregateFunction(AggregateFunction {
-        func,
-        params:
-            AggregateFunctionParams {
-                args,
-                distinct,
-                filter,
-                order_by,
-                null_treatment: _,
-            },
-    }) = e
-    else {
+    let Expr::AggregateFunction(agg) = e else {
         return Ok(None);
     };
-    if *distinct || filter.is_some() || !order_by.is_empty() || args.len() != 1 {
+    let AggregateFunctionParams {
+        args,
+        distinct,
+        filter,
+        order_by,
+        null_treatment,
+    } = &agg.params;
+    if *distinct || filter.is_some() || args.len() != 1 {
         return Ok(None);
     }
-    let parts: &'static [Part] = match func.name() {
+    let name = agg.func.name();
+    if name == "first_value" || name == "last_value" {
+        // by one non-null time (a NULL has no place among the runs' picks), NULL
+        // values included (IGNORE NULLS would need the latest non-null value instead)
+        let [sort] = order_by.as_slice() else {
+            return Ok(None);
+        };
+        let by_time = matches!(
+            sort.expr.get_type(input)?,
+            DataType::Timestamp(_, _) | DataType::Int64
+        ) && !sort.expr.nullable(input)?;
+        if !by_time || matches!(null_treatment, Some(NullTreatment::IgnoreNulls)) {
+            return Ok(None);
+        }
+        return Ok(Some(Fold::Pick {
+            agg: agg.clone(),
+            value: args[0].clone(),
+            time: sort.expr.clone(),
+            latest: (name == "last_value") == sort.asc,
+        }));
+    }
+    if !order_by.is_empty() {
+        return Ok(None);
+    }
+    let parts: &'static [Part] = match name {
         "min" => &[Part::Min],
         "max" => &[Part::Max],
         "sum" => &[Part::Sum],
@@ -259,7 +306,7 @@ fn parts_of(e: &Expr, input: &DFSchema) -> Result<Option<(&'static [Part], Expr)
     if parts != [Part::Count] && !is_foldable_number(&args[0].get_type(input)?) {
         return Ok(None);
     }
-    Ok(Some((parts, args[0].clone())))
+    Ok(Some(Fold::Plain(parts, args[0].clone())))
 }
 
 /// `agg` over a [`RunFold`] (module docs), or `None` where it does not apply.
@@ -296,18 +343,39 @@ fn fold_plan(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
     let mut parts = Vec::new();
     // per aggregate: the indexes of its parts
     let mut uses: Vec<Vec<usize>> = Vec::new();
-    for (j, (wanted, arg)) in folded.iter().enumerate() {
+    for (j, f) in folded.iter().enumerate() {
         let col = below.len();
-        below.push(arg.clone().alias(format!("{VALUE}{j}")));
-        uses.push(
-            wanted
-                .iter()
-                .map(|p| {
-                    parts.push((*p, col));
-                    parts.len() - 1
-                })
-                .collect(),
-        );
+        match f {
+            Fold::Plain(wanted, arg) => {
+                below.push(arg.clone().alias(format!("{VALUE}{j}")));
+                uses.push(
+                    wanted
+                        .iter()
+                        .map(|p| {
+                            parts.push((*p, col));
+                            parts.len() - 1
+                        })
+                        .collect(),
+                );
+            }
+            Fold::Pick {
+                value,
+                time,
+                latest,
+                ..
+            } => {
+                below.push(value.clone().alias(format!("{VALUE}{j}")));
+                below.push(time.clone().alias(format!("{TIME}{j}")));
+                // the picked value, then the picked time (by which the runs merge)
+                let pick = Part::Pick {
+                    time: col + 1,
+                    latest: *latest,
+                };
+                parts.push((pick, col));
+                parts.push((pick, col + 1));
+                uses.push(vec![parts.len() - 2, parts.len() - 1]);
+            }
+        }
     }
     let projection = Projection::try_new(below, Arc::clone(&agg.input))?;
     let fold = RunFold::try_new(LogicalPlan::Projection(projection), keys, parts.clone())?;
@@ -318,19 +386,29 @@ fn fold_plan(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
     let group: Vec<Expr> = (0..keys)
         .map(|i| Expr::Column(Column::from_name(format!("{KEY}{i}"))))
         .collect();
-    let merged: Vec<Expr> = parts
-        .iter()
-        .enumerate()
-        .map(|(m, (part, _))| {
-            let p = Expr::Column(Column::from_name(format!("{PART}{m}")));
-            let e = match part {
-                Part::Min => min(p),
-                Part::Max => max(p),
-                Part::Sum | Part::Count | Part::FloatSum => sum(p),
-            };
-            e.alias(format!("{FOLDED}{m}"))
-        })
-        .collect();
+    let part_col = |m: usize| Expr::Column(Column::from_name(format!("{PART}{m}")));
+    let mut merged: Vec<Expr> = Vec::with_capacity(parts.len());
+    for (f, used) in folded.iter().zip(&uses) {
+        match f {
+            Fold::Plain(..) => merged.extend(used.iter().map(|&m| {
+                let e = match parts[m].0 {
+                    Part::Min => min(part_col(m)),
+                    Part::Max => max(part_col(m)),
+                    _ => sum(part_col(m)),
+                };
+                e.alias(format!("{FOLDED}{m}"))
+            })),
+            Fold::Pick { agg, .. } => {
+                // the same aggregate, same direction, over the picks and their times
+                let mut agg = agg.clone();
+                agg.params.args = vec![part_col(used[0])];
+                for s in &mut agg.params.order_by {
+                    s.expr = part_col(used[1]);
+                }
+                merged.push(Expr::AggregateFunction(agg).alias(format!("{FOLDED}{}", used[0])));
+            }
+        }
+    }
     let merged = Aggregate::try_new(Arc::new(fold), group, merged)?;
     // and the original names and types on top
     let original = &agg.schema;
@@ -345,7 +423,7 @@ fn fold_plan(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
                 // an output the rewrite does not know (e.g. a grouping id): leave it
                 return Ok(None);
             };
-            if folded[j].0 == AVG {
+            if matches!(folded[j], Fold::Plain(AVG, _)) {
                 cast_expr(folded_col(used[0]), DataType::Float64)
                     / cast_expr(folded_col(used[1]), DataType::Float64)
             } else {
@@ -548,7 +626,9 @@ fn fold_runs<T: ArrowPrimitiveType>(
             };
             Arc::new(out.with_data_type(values.data_type().clone()))
         }
-        Part::Count | Part::FloatSum => unreachable!("folded by fold_column"),
+        Part::Count | Part::FloatSum | Part::Pick { .. } => {
+            unreachable!("folded by fold_column or fold_batch")
+        }
     }
 }
 
@@ -597,17 +677,57 @@ fn fold_batch(
     for k in &b.columns()[..keys] {
         cols.push(take(k.as_ref(), &idx, None)?);
     }
+    // the rows picked for each (time column, direction), found once per batch
+    let mut picked: Vec<((usize, bool), UInt32Array)> = Vec::new();
     for (part, col) in parts {
-        cols.push(fold_column(b.column(*col), &starts, *part)?);
+        let folded = match *part {
+            Part::Pick { time, latest } => {
+                let rows = match picked.iter().find(|(k, _)| *k == (time, latest)) {
+                    Some((_, rows)) => rows.clone(),
+                    None => {
+                        let rows = pick_rows(b.column(time), &starts, latest)?;
+                        picked.push(((time, latest), rows.clone()));
+                        rows
+                    }
+                };
+                take(b.column(*col).as_ref(), &rows, None)?
+            }
+            part => fold_column(b.column(*col), &starts, part)?,
+        };
+        cols.push(folded);
     }
     Ok(RecordBatch::try_new(Arc::clone(schema), cols)?)
+}
+
+/// The row of each run with the latest (or earliest) `time`; of equal latest times the
+/// later row, of equal earliest the earlier.
+fn pick_rows(time: &ArrayRef, starts: &[usize], latest: bool) -> Result<UInt32Array> {
+    // timestamps are 64-bit integers: the cast only relabels the buffer
+    let t = cast(time, &DataType::Int64)?;
+    if t.null_count() > 0 {
+        return Err(DataFusionError::Internal(
+            "RunFold: NULL in a non-null order column".into(),
+        ));
+    }
+    let t = t.as_primitive::<Int64Type>().values();
+    Ok(run_bounds(starts, t.len())
+        .map(|(s, e)| {
+            let mut best = s;
+            for i in s + 1..e {
+                if (latest && t[i] >= t[best]) || (!latest && t[i] < t[best]) {
+                    best = i;
+                }
+            }
+            best as u32
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::arrow::array::{DictionaryArray, Float64Array, TimestampNanosecondArray};
-    use datafusion::arrow::datatypes::Int32Type;
+    use datafusion::arrow::datatypes::{Int32Type, TimestampNanosecondType};
 
     #[test]
     fn runs_start_where_any_key_changes() {
@@ -672,5 +792,68 @@ mod tests {
         assert!(min.as_primitive::<Float64Type>().value(0).is_nan());
         assert_eq!(min.as_primitive::<Float64Type>().value(1), -1.0);
         assert_eq!(max.null_count(), 0);
+    }
+
+    #[test]
+    fn runs_pick_their_latest_and_earliest_rows() {
+        let time: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![
+            5, 3, 9, 9, 1, // run 0: latest 9 twice (the later row wins), earliest 1
+            7, // run 1: one row
+            -2, 4, -2, // run 2: earliest -2 twice (the earlier row wins)
+        ]));
+        let starts = [0, 5, 6];
+        assert_eq!(
+            pick_rows(&time, &starts, true).unwrap(),
+            UInt32Array::from(vec![3, 5, 7])
+        );
+        assert_eq!(
+            pick_rows(&time, &starts, false).unwrap(),
+            UInt32Array::from(vec![4, 5, 6])
+        );
+        // the value picked is the row's, NULL or not
+        let tag: DictionaryArray<Int32Type> = vec!["a"; 9].into_iter().collect();
+        let values = Float64Array::from(vec![
+            Some(0.0),
+            Some(1.0),
+            Some(2.0),
+            None,
+            Some(4.0),
+            Some(5.0),
+            Some(6.0),
+            Some(7.0),
+            Some(8.0),
+        ]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", tag.data_type().clone(), true),
+            Field::new("v", DataType::Float64, true),
+            Field::new("t", time.data_type().clone(), false),
+        ]));
+        let b = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(tag), Arc::new(values), Arc::clone(&time)],
+        )
+        .unwrap();
+        let pick = Part::Pick {
+            time: 2,
+            latest: true,
+        };
+        let out_schema = Arc::new(Schema::new(vec![
+            Field::new("k", schema.field(0).data_type().clone(), true),
+            Field::new("p0", DataType::Float64, true),
+            Field::new("p1", time.data_type().clone(), true),
+        ]));
+        let out = fold_batch(&b, 1, &[(pick, 1), (pick, 2)], &out_schema).unwrap();
+        // one key: one run; its latest row is the NULL at 9
+        assert_eq!(out.num_rows(), 1);
+        assert!(out.column(1).is_null(0));
+        assert_eq!(
+            out.column(2)
+                .as_primitive::<TimestampNanosecondType>()
+                .value(0),
+            9
+        );
+        // a NULL time is refused rather than placed
+        let with_null: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![Some(1), None]));
+        assert!(pick_rows(&with_null, &[0], true).is_err());
     }
 }

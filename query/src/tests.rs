@@ -1332,3 +1332,66 @@ async fn dashboard_aggregates_fold_runs_and_keep_names_and_types() {
     assert_eq!(v.as_array().unwrap().len(), 4, "{v}");
     assert_eq!(v[3], serde_json::json!({"room": null, "n": 7}));
 }
+
+#[tokio::test]
+async fn first_and_last_values_fold_over_runs() {
+    let (_d, state, app) = setup();
+    let w = |body: &'static str| post("/api/v1/write?db=house&precision=s", body);
+    // interleaved as written (short runs in the buffer); room a's latest row has no v
+    // (last_value respects NULLs), room c never has one
+    let body = "air,room=a v=1 0\nair,room=b v=10 10\nair,room=a v=3 20\nair,room=c w=1 30\nair,room=b v=20 40\nair,room=a w=2 50\nair,room=b,floor=2 v=30 35\n";
+    assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
+    let q = "SELECT room, last_value(v ORDER BY time) AS l, first_value(v ORDER BY time) AS f, last_value(v ORDER BY time DESC) AS ld, max(v) AS m, last_value(time ORDER BY time) AS t FROM air GROUP BY room ORDER BY room";
+    let want = serde_json::json!([
+        {"room":"a","l":null,"f":1.0,"ld":1.0,"m":3.0,"t":"1970-01-01T00:00:50Z"},
+        {"room":"b","l":20.0,"f":10.0,"ld":10.0,"m":30.0,"t":"1970-01-01T00:00:40Z"},
+        {"room":"c","l":null,"f":null,"ld":null,"m":null,"t":"1970-01-01T00:00:30Z"}
+    ]);
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+    // from a segment: sorted by series, room b's two series make one run whose latest
+    // row is not its last
+    state.engine().unwrap().flush().await.unwrap();
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+    let plan = plan_text(
+        &sql_ok(&app, "house", &format!("EXPLAIN {q}")).await,
+        "physical_plan",
+    );
+    assert!(
+        plan.contains("(Pick { time: 2, latest: true }, 1), (Pick { time: 2, latest: true }, 2)")
+            && plan.contains("(Pick { time: 4, latest: false }, 3)"),
+        "{plan}"
+    );
+    // a rewrite in the buffer fills room a's latest v: segment and buffer merge first
+    assert_eq!(
+        send(&app, w("air,room=a v=9 50\n")).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let v = sql_ok(
+        &app,
+        "house",
+        "SELECT room, last_value(v ORDER BY time) AS l FROM air GROUP BY room ORDER BY room",
+    )
+    .await;
+    assert_eq!(
+        v,
+        serde_json::json!([{"room":"a","l":9.0},{"room":"b","l":20.0},{"room":"c","l":null}])
+    );
+    // IGNORE NULLS or an order without time: DataFusion's aggregate, same answers
+    for (q, want) in [
+        (
+            "SELECT room, last_value(w ORDER BY time) IGNORE NULLS AS l FROM air GROUP BY room ORDER BY room",
+            serde_json::json!([{"room":"a","l":2.0},{"room":"b","l":null},{"room":"c","l":1.0}]),
+        ),
+        (
+            "SELECT room, last_value(v ORDER BY v) AS l FROM air GROUP BY room ORDER BY room",
+            serde_json::json!([{"room":"a","l":9.0},{"room":"b","l":30.0},{"room":"c","l":null}]),
+        ),
+    ] {
+        assert_eq!(sql_ok(&app, "house", q).await, want, "{q}");
+        let plan = plan_text(
+            &sql_ok(&app, "house", &format!("EXPLAIN {q}")).await,
+            "physical_plan",
+        );
+        assert!(!plan.contains("RunFold"), "{q}: {plan}");
+    }
+}
