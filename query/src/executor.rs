@@ -300,11 +300,16 @@ fn template(
     cfg: &QueryConfig,
     metadata_cache: Arc<FileMetadataCache>,
 ) -> Result<SessionState, DataFusionError> {
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_create_default_catalog_and_schema(false)
         .with_default_catalog_and_schema(CATALOG, "")
         .with_information_schema(true)
         .with_target_partitions(cfg.threads.max(1));
+    // One pass of the logical optimizer. DataFusion's rules reach their fixed point in
+    // one pass on dashboard queries; the default (3) ran a second pass that changed
+    // nothing and hashed the whole plan after each to find that out (a quarter of the
+    // optimizer's time, ~10 % of planning a small query: `perf`, benches/README.md).
+    config.options_mut().optimizer.max_passes = 1;
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_runtime_env(query_runtime(cfg, metadata_cache)?)
