@@ -244,10 +244,9 @@ enum Fold {
     Plain(&'static [Part], Expr),
     /// `first_value`/`last_value(value ORDER BY time)`: each run's value at its first
     /// (or last) time and that time, merged by the same aggregate ordered by that time.
+    /// (`agg` has one argument, the value, and one ordering, the time.)
     Pick {
         agg: AggregateFunction,
-        value: Expr,
-        time: Expr,
         latest: bool,
     },
 }
@@ -287,8 +286,6 @@ fn parts_of(e: &Expr, input: &DFSchema) -> Result<Option<Fold>> {
         }
         return Ok(Some(Fold::Pick {
             agg: agg.clone(),
-            value: args[0].clone(),
-            time: sort.expr.clone(),
             latest: (name == "last_value") == sort.asc,
         }));
     }
@@ -358,12 +355,8 @@ fn fold_plan(agg: &Aggregate) -> Result<Option<LogicalPlan>> {
                         .collect(),
                 );
             }
-            Fold::Pick {
-                value,
-                time,
-                latest,
-                ..
-            } => {
+            Fold::Pick { agg, latest } => {
+                let (value, time) = (&agg.params.args[0], &agg.params.order_by[0].expr);
                 below.push(value.clone().alias(format!("{VALUE}{j}")));
                 below.push(time.clone().alias(format!("{TIME}{j}")));
                 // the picked value, then the picked time (by which the runs merge)

@@ -362,6 +362,14 @@ async fn sql_sees_buffer_and_segments_with_one_row_per_point() {
     assert_eq!(state.executor.cached_page_indexes(), 2);
 }
 
+/// The physical plan `EXPLAIN` gives for `q`.
+async fn physical_plan(app: &Router, db: &str, q: &str) -> String {
+    plan_text(
+        &sql_ok(app, db, &format!("EXPLAIN {q}")).await,
+        "physical_plan",
+    )
+}
+
 /// The text of the plan of an EXPLAIN (ANALYZE) answer.
 fn plan_text(v: &serde_json::Value, plan_type: &str) -> String {
     v.as_array()
@@ -1295,20 +1303,14 @@ async fn dashboard_aggregates_fold_runs_and_keep_names_and_types() {
     assert_eq!(sql_ok(&app, "house", q).await, want);
     state.engine().unwrap().flush().await.unwrap();
     assert_eq!(sql_ok(&app, "house", q).await, want);
-    let plan = plan_text(
-        &sql_ok(&app, "house", &format!("EXPLAIN {q}")).await,
-        "physical_plan",
-    );
+    let plan = physical_plan(&app, "house", q).await;
     assert!(plan.contains("RunFoldExec: keys=1"), "{plan}");
     // keys that do not come in runs (a field), DISTINCT: DataFusion's aggregate alone
     for q in [
         "SELECT v, count(*) AS n FROM air GROUP BY v",
         "SELECT room, median(v) AS n FROM air GROUP BY room",
     ] {
-        let plan = plan_text(
-            &sql_ok(&app, "house", &format!("EXPLAIN {q}")).await,
-            "physical_plan",
-        );
+        let plan = physical_plan(&app, "house", q).await;
         assert!(!plan.contains("RunFold"), "{q}: {plan}");
     }
     // DataFusion plans a single DISTINCT as a grouping below the count: still right
@@ -1352,10 +1354,7 @@ async fn first_and_last_values_fold_over_runs() {
     // row is not its last
     state.engine().unwrap().flush().await.unwrap();
     assert_eq!(sql_ok(&app, "house", q).await, want);
-    let plan = plan_text(
-        &sql_ok(&app, "house", &format!("EXPLAIN {q}")).await,
-        "physical_plan",
-    );
+    let plan = physical_plan(&app, "house", q).await;
     assert!(
         plan.contains("(Pick { time: 2, latest: true }, 1), (Pick { time: 2, latest: true }, 2)")
             && plan.contains("(Pick { time: 4, latest: false }, 3)"),
@@ -1388,10 +1387,7 @@ async fn first_and_last_values_fold_over_runs() {
         ),
     ] {
         assert_eq!(sql_ok(&app, "house", q).await, want, "{q}");
-        let plan = plan_text(
-            &sql_ok(&app, "house", &format!("EXPLAIN {q}")).await,
-            "physical_plan",
-        );
+        let plan = physical_plan(&app, "house", q).await;
         assert!(!plan.contains("RunFold"), "{q}: {plan}");
     }
 }
