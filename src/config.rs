@@ -180,6 +180,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_QUERY_THREADS", default_value_t = 0)]
     pub(crate) query_threads: usize,
 
+    /// Optimized plans of repeated SQL kept for reuse (dashboards); 0 turns the cache off.
+    #[arg(long, env = "TALO_QUERY_PLAN_CACHE", default_value_t = 256)]
+    pub(crate) query_plan_cache: usize,
+
     /// How often rollups (`[[databases.<db>.rollups]]`) catch up with new writes.
     #[arg(long, env = "TALO_ROLLUP_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
     pub(crate) rollup_interval: Duration,
@@ -195,6 +199,7 @@ impl ServeArgs {
             memory_limit_bytes: self.query_memory_mb << 20,
             timeout: self.query_timeout,
             max_concurrent: self.query_concurrency,
+            plan_cache_entries: self.query_plan_cache,
             ..Default::default()
         };
         if self.query_threads > 0 {

@@ -59,7 +59,7 @@ struct Token {
 }
 
 /// The identity behind a request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Principal {
     /// `None` when auth is off.
     name: Option<String>,

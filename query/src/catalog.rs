@@ -1,5 +1,6 @@
 //! The DataFusion catalog over one engine snapshot: each database is a schema, each
-//! table a view that reads buffer ∪ segments and shows one row per point.
+//! table a [`LiveTable`] that, when scanned, reads buffer ∪ segments of the query's
+//! snapshot and shows one row per point.
 //!
 //! Deduplication (same series + time → one row; for each field the last non-null value
 //! written wins) is only planned where copies can exist: the buffer, and segments whose
@@ -10,12 +11,18 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
-use datafusion::catalog::view::ViewTable;
-use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
-use datafusion::common::{DataFusionError, Result};
-use datafusion::datasource::provider_as_source;
-use datafusion::logical_expr::{LogicalPlanBuilder, ident, lit};
+use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
+use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, ident, lit};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use talo_engine::model::TIME_COLUMN;
 use talo_engine::{Snapshot, TableSnapshot};
 
 use crate::auth::{Permission, Principal};
@@ -29,17 +36,12 @@ pub(crate) const DENIED: &str = "permission denied: ";
 #[derive(Debug)]
 pub(crate) struct TaloCatalog {
     snapshot: Arc<Snapshot>,
-    data_dir: PathBuf,
     who: Principal,
 }
 
 impl TaloCatalog {
-    pub(crate) fn new(snapshot: Arc<Snapshot>, data_dir: PathBuf, who: Principal) -> Self {
-        TaloCatalog {
-            snapshot,
-            data_dir,
-            who,
-        }
+    pub(crate) fn new(snapshot: Arc<Snapshot>, who: Principal) -> Self {
+        TaloCatalog { snapshot, who }
     }
 }
 
@@ -61,7 +63,6 @@ impl CatalogProvider for TaloCatalog {
         Some(Arc::new(DbSchema {
             db: name.to_string(),
             snapshot: Arc::clone(&self.snapshot),
-            data_dir: self.data_dir.clone(),
         }))
     }
 }
@@ -92,7 +93,6 @@ impl SchemaProvider for DeniedSchema {
 struct DbSchema {
     db: String,
     snapshot: Arc<Snapshot>,
-    data_dir: PathBuf,
 }
 
 #[async_trait]
@@ -106,34 +106,149 @@ impl SchemaProvider for DbSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
-        let Some(t) = self.snapshot.table(&self.db, name) else {
-            return Ok(None);
-        };
-        let provider = table_provider(t, &self.data_dir)?;
-        // rows past the retention are never returned, even before their files are gone
-        let cutoff =
-            self.snapshot
-                .retention
-                .cutoff(&self.db, name, talo_engine::retention::now_ns());
-        Ok(Some(match cutoff {
-            None => provider,
-            Some(cut) => {
-                let plan = LogicalPlanBuilder::scan(name, provider_as_source(provider), None)?
-                    .filter(ident(talo_engine::model::TIME_COLUMN).gt_eq(lit(
-                        datafusion::common::ScalarValue::TimestampNanosecond(
-                            Some(cut),
-                            Some("UTC".into()),
-                        ),
-                    )))?
-                    .build()?;
-                Arc::new(ViewTable::new(plan, None))
-            }
+        Ok(self.snapshot.catalog.table(&self.db, name).map(|t| {
+            Arc::new(LiveTable {
+                db: self.db.clone(),
+                name: name.to_string(),
+                schema: t.schema(),
+            }) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.snapshot.catalog.table(&self.db, name).is_some()
     }
+}
+
+/// What one query reads: the engine snapshot taken when it started, where segment files
+/// live, and the moment that places the retention cutoffs. Carried as a session config
+/// extension, so that a [`LiveTable`] finds it when it is *scanned* instead of capturing
+/// a snapshot when the plan is built: a plan can then be reused by later queries
+/// (`plans.rs`), each reading its own snapshot.
+#[derive(Debug)]
+pub(crate) struct QuerySnapshot {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) now_ns: i64,
+}
+
+/// A table as the planner sees it: a name and a schema. Scanning it reads the query's
+/// [`QuerySnapshot`]: buffer ∪ segments (`table_provider`), rows past the retention
+/// left out.
+#[derive(Debug)]
+pub(crate) struct LiveTable {
+    db: String,
+    name: String,
+    schema: SchemaRef,
+}
+
+impl LiveTable {
+    /// (database, table, schema): what a plan reading this table was planned against.
+    pub(crate) fn key(&self) -> (String, String, SchemaRef) {
+        (self.db.clone(), self.name.clone(), Arc::clone(&self.schema))
+    }
+}
+
+#[async_trait]
+impl TableProvider for LiveTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // what both providers below say: filters prune, and are applied again above
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(q) = state.config().get_extension::<QuerySnapshot>() else {
+            return Err(DataFusionError::Internal(
+                "a talo table was scanned outside a query".into(),
+            ));
+        };
+        let Some(t) = q.snapshot.table(&self.db, &self.name) else {
+            return Err(DataFusionError::Plan(format!(
+                "table {}.{} no longer exists",
+                self.db, self.name
+            )));
+        };
+        if t.table.schema() != self.schema {
+            // plans are reused only while the schemas hold (`plans.rs`)
+            return Err(DataFusionError::Internal(format!(
+                "table {}.{} changed its schema after the query was planned",
+                self.db, self.name
+            )));
+        }
+        let provider = table_provider(t, &q.data_dir)?;
+        match q.snapshot.retention.cutoff(&self.db, &self.name, q.now_ns) {
+            None => provider.scan(state, projection, filters, limit).await,
+            Some(cut) => retained(&*provider, state, projection, filters, cut).await,
+        }
+    }
+}
+
+/// Scan `provider` leaving out rows older than `cut` (past the retention: never
+/// returned, even before their files are gone). The cutoff prunes like any filter and
+/// is applied to the rows above the scan.
+async fn retained(
+    provider: &dyn TableProvider,
+    state: &dyn Session,
+    projection: Option<&Vec<usize>>,
+    filters: &[Expr],
+    cut: i64,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = provider.schema();
+    let time = schema.index_of(TIME_COLUMN)?;
+    // the filter needs the time column even where the query does not
+    let mut columns = projection.cloned();
+    let added = columns.as_mut().is_some_and(|c| {
+        let missing = !c.contains(&time);
+        if missing {
+            c.push(time);
+        }
+        missing
+    });
+    let keep = ident(TIME_COLUMN).gt_eq(lit(ScalarValue::TimestampNanosecond(
+        Some(cut),
+        Some("UTC".into()),
+    )));
+    let mut all = filters.to_vec();
+    all.push(keep.clone());
+    // no limit below the filter: it could stop the scan before the rows that pass
+    let scan = provider.scan(state, columns.as_ref(), &all, None).await?;
+    let scanned = scan.schema();
+    let predicate = state.create_physical_expr(keep, &DFSchema::try_from(Arc::clone(&scanned))?)?;
+    let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, scan)?);
+    if !added {
+        return Ok(filtered);
+    }
+    let time_at = scanned.index_of(TIME_COLUMN)?;
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = scanned
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != time_at)
+        .map(|(i, f)| {
+            (
+                Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>,
+                f.name().clone(),
+            )
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, filtered)?))
 }
 
 /// Build the provider for one table of the snapshot.

@@ -17,16 +17,19 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
-use datafusion::logical_expr::ScalarUDF;
+use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::object_store::path::Path;
 use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use talo_engine::Engine;
+use talo_engine::Snapshot;
 use tokio::sync::Semaphore;
 
 use crate::auth::Principal;
-use crate::catalog::TaloCatalog;
+use crate::catalog::{QuerySnapshot, TaloCatalog};
+pub use crate::plans::PlanCacheStats;
+use crate::plans::{PlanCache, PlanKey};
 
 /// Name of the DataFusion catalog holding the databases.
 pub const CATALOG: &str = "talo";
@@ -46,6 +49,9 @@ pub struct QueryConfig {
     /// (least recently used out first). Segments are immutable, so a cached footer never
     /// goes stale. Default 64 MiB; 0 turns the cache off.
     pub metadata_cache_bytes: usize,
+    /// Optimized plans of repeated SQL kept for reuse (least recently used out first;
+    /// `plans.rs` says which plans qualify). Default 256; 0 turns the cache off.
+    pub plan_cache_entries: usize,
 }
 
 impl Default for QueryConfig {
@@ -58,6 +64,7 @@ impl Default for QueryConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             metadata_cache_bytes: 64 << 20,
+            plan_cache_entries: 256,
         }
     }
 }
@@ -126,6 +133,7 @@ pub struct QueryExecutor {
     /// configuration. Built once; building it per query (registering some 300
     /// functions) was ~4 % of a narrow query's CPU (`perf`).
     template: SessionState,
+    plans: Arc<PlanCache>,
 }
 
 impl std::fmt::Debug for QueryExecutor {
@@ -134,6 +142,7 @@ impl std::fmt::Debug for QueryExecutor {
             .field("config", &self.config)
             .field("running", &self.running())
             .field("metadata_cache_entries", &self.metadata_cache.len())
+            .field("plan_cache", &self.plans.stats())
             .finish()
     }
 }
@@ -161,6 +170,7 @@ impl QueryExecutor {
         let template = template(&config, Arc::clone(&metadata_cache))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(QueryExecutor {
+            plans: Arc::new(PlanCache::new(config.plan_cache_entries)),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             metadata_cache,
             config,
@@ -172,6 +182,11 @@ impl QueryExecutor {
     /// Queries running now.
     pub fn running(&self) -> usize {
         self.config.max_concurrent.max(1) - self.permits.available_permits()
+    }
+
+    /// Hits, misses and entries of the plan cache.
+    pub fn plan_cache_stats(&self) -> PlanCacheStats {
+        self.plans.stats()
     }
 
     /// Segment footers held by the metadata cache now.
@@ -221,19 +236,22 @@ impl QueryExecutor {
         sql: &str,
     ) -> Result<QueryStream, QueryError> {
         let (permit, rt) = self.admit()?;
-        let session = self.session(engine, who, db)?;
+        let mut session = self.session(engine, who, db)?;
         let cfg = self.config.clone();
-        let sql = sql.to_string();
+        let key = self.plan_key(sql, db, who);
+        let plans = Arc::clone(&self.plans);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Streamed, QueryError>>(2);
         rt.spawn(async move {
             let timeout = cfg.timeout;
             let produce = async {
-                let df = plan(&session.ctx, &sql, &cfg).await?;
-                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                let (plan, schema) = session.plan(&plans, key, &cfg).await?;
                 if tx.send(Ok(Streamed::Schema(schema))).await.is_err() {
                     return Ok(());
                 }
-                let mut stream = session.execute(df).await.map_err(|e| classify(e, &cfg))?;
+                let mut stream = session
+                    .execute(&plan)
+                    .await
+                    .map_err(|e| classify(e, &cfg))?;
                 while let Some(b) = stream.next().await {
                     let b = b.map_err(|e| classify(e, &cfg))?;
                     if tx.send(Ok(Streamed::Batch(b))).await.is_err() {
@@ -279,11 +297,13 @@ impl QueryExecutor {
         let (permit, rt) = self.admit()?;
         let session = self.session(engine, who, db)?;
         let cfg = self.config.clone();
-        let sql = sql.to_string();
+        let key = self.plan_key(sql, db, who);
+        let plans = Arc::clone(&self.plans);
         let task = rt.spawn(async move {
             let _permit = permit;
             let timeout = cfg.timeout;
-            match tokio::time::timeout(timeout, execute(session, cfg.clone(), sql)).await {
+            let run = execute(session, plans, key, cfg.clone());
+            match tokio::time::timeout(timeout, run).await {
                 Ok(r) => r,
                 Err(_) => Err(QueryError::Timeout(timeout)),
             }
@@ -355,10 +375,11 @@ fn query_runtime(
 }
 
 /// One query's session: the template with this query's catalog (the engine snapshot as
-/// the principal may see it) and default database, and the runtime it executes under
-/// (its own memory pool: the limit is per query).
+/// the principal may see it), default database and snapshot extension, and the runtime
+/// it executes under (its own memory pool: the limit is per query).
 struct Session {
-    ctx: SessionContext,
+    state: SessionState,
+    snapshot: Arc<Snapshot>,
     runtime: Arc<RuntimeEnv>,
 }
 
@@ -370,51 +391,98 @@ impl QueryExecutor {
         who: &Principal,
         db: &str,
     ) -> Result<Session, QueryError> {
+        let snapshot = engine.snapshot();
         let mut state = self.template.clone();
-        state.config_mut().options_mut().catalog.default_schema = db.to_string();
+        let config = state.config_mut();
+        config.options_mut().catalog.default_schema = db.to_string();
+        config.set_extension(Arc::new(QuerySnapshot {
+            snapshot: Arc::clone(&snapshot),
+            data_dir: engine.config().data_dir.clone(),
+            now_ns: talo_engine::retention::now_ns(),
+        }));
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(
             CATALOG.to_string(),
-            Arc::new(TaloCatalog::new(
-                engine.snapshot(),
-                engine.config().data_dir.clone(),
-                who.clone(),
-            )),
+            Arc::new(TaloCatalog::new(Arc::clone(&snapshot), who.clone())),
         );
         state.register_catalog_list(Arc::new(catalogs));
         let runtime = query_runtime(&self.config, Arc::clone(&self.metadata_cache))
             .map_err(|e| QueryError::Execution(e.to_string()))?;
         Ok(Session {
-            ctx: SessionContext::new_with_state(state),
+            state,
+            snapshot,
             runtime,
         })
+    }
+
+    fn plan_key(&self, sql: &str, db: &str, who: &Principal) -> PlanKey {
+        PlanKey {
+            sql: sql.to_string(),
+            db: db.to_string(),
+            who: who.clone(),
+        }
     }
 }
 
 impl Session {
-    /// Plan `df` and start it under this query's runtime.
+    /// The optimized logical plan of `key.sql` (read-only) and its result schema: reused
+    /// from `plans` where it holds, else planned here (and kept where it may be reused).
+    async fn plan(
+        &mut self,
+        plans: &PlanCache,
+        key: PlanKey,
+        cfg: &QueryConfig,
+    ) -> Result<(LogicalPlan, SchemaRef), QueryError> {
+        // the moment `now()` stands for, as `SessionContext::sql` would set it
+        self.state.mark_start_execution();
+        if let Some(p) = plans.get(&key, &self.snapshot) {
+            return Ok((p.plan.clone(), Arc::clone(&p.schema)));
+        }
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let plan = async {
+            let plan = self.state.create_logical_plan(&key.sql).await?;
+            options.verify_plan(&plan)?;
+            let optimized = self.state.optimize(&plan)?;
+            Ok::<_, DataFusionError>((plan, optimized))
+        };
+        let (plan, optimized) = plan.await.map_err(|e| classify(e, cfg))?;
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        plans.put(key, &plan, optimized.clone(), Arc::clone(&schema));
+        Ok((optimized, schema))
+    }
+
+    /// Plan the optimized `plan` physically and start it under this query's runtime.
     async fn execute(
         &self,
-        df: datafusion::prelude::DataFrame,
+        plan: &LogicalPlan,
     ) -> Result<SendableRecordBatchStream, DataFusionError> {
-        let task = TaskContext::from(&*self.ctx.state_ref().read());
-        let task = Arc::new(task.with_runtime(Arc::clone(&self.runtime)));
-        let plan = df.create_physical_plan().await?;
-        execute_stream(plan, task)
+        let physical = self
+            .state
+            .query_planner()
+            .create_physical_plan(plan, &self.state)
+            .await?;
+        let task = TaskContext::from(&self.state).with_runtime(Arc::clone(&self.runtime));
+        execute_stream(physical, Arc::new(task))
     }
 }
 
 async fn execute(
-    session: Session,
+    mut session: Session,
+    plans: Arc<PlanCache>,
+    key: PlanKey,
     cfg: QueryConfig,
-    sql: String,
 ) -> Result<QueryOutput, QueryError> {
-    let df = plan(&session.ctx, &sql, &cfg).await?;
-    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let (plan, schema) = session.plan(&plans, key, &cfg).await?;
     // the result is held until it is encoded: count it against the query's memory pool
     // like every operator's state, so a huge result fails with 413 instead of growing
     let reservation = MemoryConsumer::new("query result").register(&session.runtime.memory_pool);
-    let mut stream = session.execute(df).await.map_err(|e| classify(e, &cfg))?;
+    let mut stream = session
+        .execute(&plan)
+        .await
+        .map_err(|e| classify(e, &cfg))?;
     let mut batches = Vec::new();
     while let Some(b) = stream.next().await {
         let b = b.map_err(|e| classify(e, &cfg))?;
@@ -424,21 +492,6 @@ async fn execute(
         batches.push(b);
     }
     Ok(QueryOutput { schema, batches })
-}
-
-/// Parse and plan `sql` as a read-only query.
-async fn plan(
-    ctx: &SessionContext,
-    sql: &str,
-    cfg: &QueryConfig,
-) -> Result<datafusion::prelude::DataFrame, QueryError> {
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
-    ctx.sql_with_options(sql, options)
-        .await
-        .map_err(|e| classify(e, cfg))
 }
 
 fn classify(e: DataFusionError, cfg: &QueryConfig) -> QueryError {

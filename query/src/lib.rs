@@ -14,6 +14,7 @@ pub mod executor;
 mod gapfill;
 mod metrics;
 mod openapi;
+mod plans;
 pub mod rollup;
 mod runs;
 mod scan;
@@ -35,7 +36,7 @@ use write::Endpoint;
 
 pub use auth::{Auth, Permission, TokenConfig};
 pub use error::ApiError;
-pub use executor::{QueryConfig, QueryExecutor};
+pub use executor::{PlanCacheStats, QueryConfig, QueryExecutor};
 
 /// HTTP settings.
 #[derive(Debug, Clone)]

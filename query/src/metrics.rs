@@ -120,6 +120,47 @@ pub(crate) async fn metrics(
         "Write request latency until durable.",
         &h.write_latency,
     );
+    let _ = writeln!(
+        out,
+        "# HELP talo_queries_total SQL queries answered, by outcome (invalid: bad SQL, not read-only or not permitted; refused: over the concurrency limit; failed: timeout, memory limit, execution error).\n# TYPE talo_queries_total counter"
+    );
+    for (status, c) in [
+        ("ok", &h.queries_ok),
+        ("invalid", &h.queries_invalid),
+        ("failed", &h.queries_failed),
+        ("refused", &h.queries_refused),
+    ] {
+        let _ = writeln!(
+            out,
+            "talo_queries_total{{status=\"{status}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
+    histogram(
+        &mut out,
+        "talo_query_seconds",
+        "SQL query latency until the result (or its first batch) is ready.",
+        &h.query_latency,
+    );
+    let plans = s.executor.plan_cache_stats();
+    counter(
+        &mut out,
+        "talo_query_plan_cache_hits_total",
+        "Queries that reused a cached optimized plan.",
+        plans.hits,
+    );
+    counter(
+        &mut out,
+        "talo_query_plan_cache_misses_total",
+        "Queries planned from their SQL (no reusable cached plan).",
+        plans.misses,
+    );
+    gauge(
+        &mut out,
+        "talo_query_plan_cache_entries",
+        "Optimized plans held by the plan cache.",
+        plans.entries as u64,
+    );
     if let Some(e) = s.engine.get() {
         let m = e.metrics();
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -1391,3 +1391,172 @@ async fn first_and_last_values_fold_over_runs() {
         assert!(!plan.contains("RunFold"), "{q}: {plan}");
     }
 }
+
+/// Hits and misses of the plan cache since `before`.
+fn plan_cache_delta(state: &AppState, before: PlanCacheStats) -> (u64, u64) {
+    let now = state.executor.plan_cache_stats();
+    (now.hits - before.hits, now.misses - before.misses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sql_reuses_its_plan_and_reads_each_querys_data() {
+    let (_d, state, app) = setup();
+    let w = |body: &'static str| post("/api/v1/write?db=house&precision=s", body);
+    let write = async |body| assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
+    write("env,room=a t=1 100\n").await;
+    let q = "SELECT count(*) AS n, sum(t) AS s FROM env";
+    let start = state.executor.plan_cache_stats();
+    assert_eq!(
+        sql_ok(&app, "house", q).await,
+        serde_json::json!([{"n": 1, "s": 1.0}])
+    );
+    assert_eq!(plan_cache_delta(&state, start), (0, 1));
+    // the plan is reused, the data is this query's: buffer, then segments, then both
+    write("env,room=b t=2 100\n").await;
+    assert_eq!(
+        sql_ok(&app, "house", q).await,
+        serde_json::json!([{"n": 2, "s": 3.0}])
+    );
+    state.engine().unwrap().flush().await.unwrap();
+    assert_eq!(
+        sql_ok(&app, "house", q).await,
+        serde_json::json!([{"n": 2, "s": 3.0}])
+    );
+    write("env,room=b t=4 100\nenv,room=c t=8 200\n").await;
+    assert_eq!(
+        sql_ok(&app, "house", q).await,
+        serde_json::json!([{"n": 3, "s": 13.0}])
+    );
+    assert_eq!(plan_cache_delta(&state, start), (3, 1));
+    let (s, metrics) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("talo_query_plan_cache_hits_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("talo_queries_total{status=\"ok\"} 4"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("talo_query_seconds_count 4"), "{metrics}");
+
+    // a new column: the plan of `SELECT *` no longer holds and is made again
+    let star = "SELECT * FROM env ORDER BY room, time";
+    assert_eq!(
+        sql_ok(&app, "house", star).await.as_array().unwrap().len(),
+        3
+    );
+    let before = state.executor.plan_cache_stats();
+    write("env,room=d t=16,co2=400i 300\n").await;
+    let v = sql_ok(&app, "house", star).await;
+    assert_eq!(v[3]["co2"], 400, "{v}");
+    assert_eq!(plan_cache_delta(&state, before), (0, 1));
+    assert_eq!(sql_ok(&app, "house", star).await, v);
+    assert_eq!(plan_cache_delta(&state, before), (1, 1));
+
+    // plans that depend on the moment or on the catalog are never reused
+    let before = state.executor.plan_cache_stats();
+    for q in [
+        "SELECT count(*) AS n FROM env WHERE time <= now()",
+        "SELECT now() AS t",
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'house'",
+        "EXPLAIN SELECT count(*) FROM env",
+    ] {
+        sql_ok(&app, "house", q).await;
+        sql_ok(&app, "house", q).await;
+    }
+    assert_eq!(plan_cache_delta(&state, before), (0, 8));
+    // `now()` moves: two queries apart in time see two different moments
+    let first = sql_ok(&app, "house", "SELECT now() AS t").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let again = sql_ok(&app, "house", "SELECT now() AS t").await;
+        if again != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "now() stuck at {first}"
+        );
+        tokio::task::yield_now().await;
+    }
+    // information_schema sees a table made after the last query
+    write("door,room=a open=true 100\n").await;
+    let v = sql_ok(
+        &app,
+        "house",
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'house'",
+    )
+    .await;
+    assert_eq!(v, serde_json::json!([{"n": 2}]));
+    // the same SQL with another default database is another plan
+    assert_eq!(sql_ok(&app, "house", q).await[0]["n"], 4);
+    let (s, v) = sql(&app, "other", q).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_plan_is_never_handed_to_another_token() {
+    let (_d, app) = with_tokens();
+    const TOE: &str = "toe-readwrite-secret-03";
+    const ALL: &str = "analyst-all-secret-0004";
+    const HW: &str = "house-write-secret-0001";
+    for (db, token) in [("house", HW), ("toe", TOE)] {
+        let r = authed(
+            "POST",
+            &format!("/api/v1/write?db={db}"),
+            Some(token),
+            "env t=1 1",
+        );
+        assert_eq!(send(&app, r).await.0, StatusCode::NO_CONTENT);
+    }
+    // the analyst may read both, toe only its own: same SQL, same default database
+    let uri = format!(
+        "/api/v1/query?db=toe&sql={}",
+        urlencode("SELECT count(*) AS n FROM house.env")
+    );
+    for _ in 0..2 {
+        let (s, v) = send(&app, authed("GET", &uri, Some(ALL), "")).await;
+        assert_eq!((s, v), (StatusCode::OK, serde_json::json!([{"n": 1}])));
+    }
+    let (s, v) = send(&app, authed("GET", &uri, Some(TOE), "")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_cache_keeps_its_bound_and_can_be_turned_off() {
+    let (_d, state, app) = setup_with(
+        HttpConfig::default(),
+        QueryConfig {
+            plan_cache_entries: 2,
+            ..Default::default()
+        },
+    );
+    for i in 0..5 {
+        sql_ok(&app, "house", &format!("SELECT {i} AS x")).await;
+    }
+    assert_eq!(state.executor.plan_cache_stats().entries, 2);
+    // the least recently used went first: 3 and 4 are still there
+    let before = state.executor.plan_cache_stats();
+    sql_ok(&app, "house", "SELECT 4 AS x").await;
+    sql_ok(&app, "house", "SELECT 3 AS x").await;
+    sql_ok(&app, "house", "SELECT 0 AS x").await;
+    assert_eq!(plan_cache_delta(&state, before), (2, 1));
+
+    let (_d, state, app) = setup_with(
+        HttpConfig::default(),
+        QueryConfig {
+            plan_cache_entries: 0,
+            ..Default::default()
+        },
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            sql_ok(&app, "house", "SELECT 1 AS x").await,
+            serde_json::json!([{"x": 1}])
+        );
+    }
+    assert_eq!(state.executor.plan_cache_stats().entries, 0);
+    assert_eq!(state.executor.plan_cache_stats().hits, 0);
+}
