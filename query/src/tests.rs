@@ -1560,3 +1560,46 @@ async fn plan_cache_keeps_its_bound_and_can_be_turned_off() {
     assert_eq!(state.executor.plan_cache_stats().entries, 0);
     assert_eq!(state.executor.plan_cache_stats().hits, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_plan_sees_every_write_acknowledged_before_the_query() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let (_d, state, app) = setup();
+    const WRITES: u64 = 300;
+    let acked = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (app, state, acked) = (app.clone(), Arc::clone(&state), Arc::clone(&acked));
+        tokio::spawn(async move {
+            for i in 0..WRITES {
+                let line = format!("env,room=r{} t={i} {}\n", i % 7, i + 1);
+                let r = post("/api/v1/write?db=house&precision=s", line);
+                assert_eq!(send(&app, r).await.0, StatusCode::NO_CONTENT);
+                acked.store(i + 1, Ordering::SeqCst);
+                if i % 60 == 59 {
+                    state.engine().unwrap().flush().await.unwrap();
+                }
+            }
+        })
+    };
+    let q = "SELECT count(*) AS n FROM env";
+    let mut last = 0;
+    let mut checked = 0;
+    while last < WRITES {
+        let before = acked.load(Ordering::SeqCst);
+        if before == 0 {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let n = sql_ok(&app, "house", q).await[0]["n"].as_u64().unwrap();
+        assert!(
+            n >= before,
+            "{n} rows seen, {before} acknowledged before the query"
+        );
+        assert!(n >= last, "{n} rows seen after {last}");
+        last = n;
+        checked += 1;
+    }
+    writer.await.unwrap();
+    assert!(checked > 1);
+    assert!(state.executor.plan_cache_stats().hits > 0);
+}
