@@ -23,7 +23,6 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use talo_engine::Engine;
-use talo_engine::Snapshot;
 use tokio::sync::Semaphore;
 
 use crate::auth::Principal;
@@ -238,7 +237,7 @@ impl QueryExecutor {
         let (permit, rt) = self.admit()?;
         let mut session = self.session(engine, who, db)?;
         let cfg = self.config.clone();
-        let key = self.plan_key(sql, db, who);
+        let key = PlanKey::new(sql, db, who);
         let plans = Arc::clone(&self.plans);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Streamed, QueryError>>(2);
         rt.spawn(async move {
@@ -297,7 +296,7 @@ impl QueryExecutor {
         let (permit, rt) = self.admit()?;
         let session = self.session(engine, who, db)?;
         let cfg = self.config.clone();
-        let key = self.plan_key(sql, db, who);
+        let key = PlanKey::new(sql, db, who);
         let plans = Arc::clone(&self.plans);
         let task = rt.spawn(async move {
             let _permit = permit;
@@ -379,7 +378,6 @@ fn query_runtime(
 /// it executes under (its own memory pool: the limit is per query).
 struct Session {
     state: SessionState,
-    snapshot: Arc<Snapshot>,
     runtime: Arc<RuntimeEnv>,
 }
 
@@ -403,24 +401,12 @@ impl QueryExecutor {
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(
             CATALOG.to_string(),
-            Arc::new(TaloCatalog::new(Arc::clone(&snapshot), who.clone())),
+            Arc::new(TaloCatalog::new(snapshot, who.clone())),
         );
         state.register_catalog_list(Arc::new(catalogs));
         let runtime = query_runtime(&self.config, Arc::clone(&self.metadata_cache))
             .map_err(|e| QueryError::Execution(e.to_string()))?;
-        Ok(Session {
-            state,
-            snapshot,
-            runtime,
-        })
-    }
-
-    fn plan_key(&self, sql: &str, db: &str, who: &Principal) -> PlanKey {
-        PlanKey {
-            sql: sql.to_string(),
-            db: db.to_string(),
-            who: who.clone(),
-        }
+        Ok(Session { state, runtime })
     }
 }
 
@@ -435,7 +421,8 @@ impl Session {
     ) -> Result<(LogicalPlan, SchemaRef), QueryError> {
         // the moment `now()` stands for, as `SessionContext::sql` would set it
         self.state.mark_start_execution();
-        if let Some(p) = plans.get(&key, &self.snapshot) {
+        let query = self.state.config().get_extension::<QuerySnapshot>();
+        if let Some(p) = query.and_then(|q| plans.get(&key, &q.snapshot)) {
             return Ok((p.plan.clone(), Arc::clone(&p.schema)));
         }
         let options = SQLOptions::new()

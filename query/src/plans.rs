@@ -39,8 +39,18 @@ const MAX_SQL_BYTES: usize = 16 << 10;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PlanKey {
     pub(crate) sql: String,
-    pub(crate) db: String,
-    pub(crate) who: Principal,
+    db: String,
+    who: Principal,
+}
+
+impl PlanKey {
+    pub(crate) fn new(sql: &str, db: &str, who: &Principal) -> Self {
+        PlanKey {
+            sql: sql.to_string(),
+            db: db.to_string(),
+            who: who.clone(),
+        }
+    }
 }
 
 /// An optimized logical plan and what it was planned against.
