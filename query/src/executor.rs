@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use crate::auth::Principal;
 use crate::catalog::{QuerySnapshot, TaloCatalog};
 pub use crate::plans::PlanCacheStats;
-use crate::plans::{PlanCache, PlanKey};
+use crate::plans::{PlanCache, PlanKey, fold_moment};
 
 /// Name of the DataFusion catalog holding the databases.
 pub const CATALOG: &str = "talo";
@@ -423,7 +423,12 @@ impl Session {
         self.state.mark_start_execution();
         let query = self.state.config().get_extension::<QuerySnapshot>();
         if let Some(p) = query.and_then(|q| plans.get(&key, &q.snapshot)) {
-            return Ok((p.plan.clone(), Arc::clone(&p.schema)));
+            let plan = if p.reuse.moment {
+                fold_moment(p.plan.clone(), &self.state).map_err(|e| classify(e, cfg))?
+            } else {
+                p.plan.clone()
+            };
+            return Ok((plan, Arc::clone(&p.schema)));
         }
         let options = SQLOptions::new()
             .with_allow_ddl(false)
@@ -437,7 +442,19 @@ impl Session {
         };
         let (plan, optimized) = plan.await.map_err(|e| classify(e, cfg))?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        plans.put(key, &plan, optimized.clone(), Arc::clone(&schema));
+        if let Some(reuse) = plans.reuse(&key, &plan) {
+            let kept = if reuse.moment {
+                // optimized again with no start time: `now()` stays for each reuse to fold
+                let mut timeless = self.state.clone();
+                timeless.execution_props_mut().query_execution_start_time = None;
+                timeless.optimize(&plan).ok()
+            } else {
+                Some(optimized.clone())
+            };
+            if let Some(kept) = kept {
+                plans.put(key, reuse, kept, Arc::clone(&schema));
+            }
+        }
         Ok((optimized, schema))
     }
 

@@ -12,9 +12,12 @@
 //!   used only while the current snapshot has exactly those schemas;
 //! - the principal and the default database: part of the key (a plan one token could
 //!   build is never handed to another);
-//! - the moment it was planned: plans whose expressions call anything but immutable
-//!   functions (`now()`, `current_date`, `random()`) or hold placeholders are not cached,
-//!   since the optimizer folds `now()` into a constant;
+//! - the moment it was planned: the optimizer folds `now()`, `current_date` and
+//!   `current_time` into literals. A plan calling them is kept as optimized *without* a
+//!   start time (DataFusion then leaves them alone) and each reuse folds them with one
+//!   `SimplifyExpressions` pass at the new query's start time (which also turns `time >=
+//!   now() - INTERVAL '1 hour'` into the literal bound that prunes files). Plans calling
+//!   any other non-immutable function (`random()`) or holding placeholders are not kept;
 //! - the catalog itself: plans reading anything but [`LiveTable`]s (`information_schema`)
 //!   and `EXPLAIN`/`DESCRIBE` are not cached.
 
@@ -27,6 +30,8 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::cache::lru_queue::LruQueue;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::optimizer::simplify_expressions::SimplifyExpressions;
+use datafusion::optimizer::{Optimizer, OptimizerConfig};
 use talo_engine::Snapshot;
 
 use crate::auth::Principal;
@@ -56,16 +61,26 @@ impl PlanKey {
 /// An optimized logical plan and what it was planned against.
 #[derive(Debug)]
 pub(crate) struct CachedPlan {
+    /// Optimized; with `now()`-like calls left in place where `reuse.moment`.
     pub(crate) plan: LogicalPlan,
     pub(crate) schema: SchemaRef,
+    pub(crate) reuse: Reuse,
+}
+
+/// What a plan that may be kept depends on.
+#[derive(Debug, Clone)]
+pub(crate) struct Reuse {
     /// (database, table, schema) of every table the plan reads.
     tables: Vec<(String, String, SchemaRef)>,
+    /// It calls `now()`, `current_date` or `current_time`: keep it optimized without a
+    /// start time, fold them at each reuse ([`fold_moment`]).
+    pub(crate) moment: bool,
 }
 
 impl CachedPlan {
     /// Whether every table the plan reads still has the schema it was planned with.
     fn holds_for(&self, snapshot: &Snapshot) -> bool {
-        self.tables.iter().all(|(db, table, schema)| {
+        self.reuse.tables.iter().all(|(db, table, schema)| {
             snapshot
                 .catalog
                 .table(db, table)
@@ -140,25 +155,21 @@ impl PlanCache {
         found
     }
 
-    /// Keep `plan` (already optimized) for `key`, if `unoptimized` — the same plan before
-    /// the optimizer folded anything — may be reused.
-    pub(crate) fn put(
-        &self,
-        key: PlanKey,
-        unoptimized: &LogicalPlan,
-        plan: LogicalPlan,
-        schema: SchemaRef,
-    ) {
+    /// Whether a plan for `key` planned as `unoptimized` may be kept, and what it
+    /// depends on (see the module docs).
+    pub(crate) fn reuse(&self, key: &PlanKey, unoptimized: &LogicalPlan) -> Option<Reuse> {
         if !self.wants(&key.sql) {
-            return;
+            return None;
         }
-        let Some(tables) = reusable_tables(unoptimized) else {
-            return;
-        };
+        reuse_of(unoptimized)
+    }
+
+    /// Keep `plan`, optimized as `reuse` says, for `key`.
+    pub(crate) fn put(&self, key: PlanKey, reuse: Reuse, plan: LogicalPlan, schema: SchemaRef) {
         let cached = Arc::new(CachedPlan {
             plan,
             schema,
-            tables,
+            reuse,
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.put(key, cached);
@@ -176,8 +187,12 @@ impl PlanCache {
     }
 }
 
-/// The tables `plan` reads, if it can be reused by a later query: see the module docs.
-fn reusable_tables(plan: &LogicalPlan) -> Option<Vec<(String, String, SchemaRef)>> {
+/// Functions whose value is the query's start time (or derived from it): folded into
+/// literals by the optimizer when it knows the start time, left alone when it does not.
+const MOMENT: &[&str] = &["now", "current_date", "current_time"];
+
+/// What `plan` depends on, if it can be reused by a later query: see the module docs.
+fn reuse_of(plan: &LogicalPlan) -> Option<Reuse> {
     if matches!(
         plan,
         LogicalPlan::Explain(_)
@@ -190,7 +205,10 @@ fn reusable_tables(plan: &LogicalPlan) -> Option<Vec<(String, String, SchemaRef)
     ) {
         return None;
     }
-    let mut tables = Vec::new();
+    let mut reuse = Reuse {
+        tables: Vec::new(),
+        moment: false,
+    };
     let mut reusable = true;
     let walked = plan.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node {
@@ -198,16 +216,20 @@ fn reusable_tables(plan: &LogicalPlan) -> Option<Vec<(String, String, SchemaRef)
                 .ok()
                 .and_then(|p| p.downcast_ref::<LiveTable>().map(LiveTable::key));
             match live {
-                Some(t) => tables.push(t),
+                Some(t) => reuse.tables.push(t),
                 None => reusable = false,
             }
         }
         if reusable {
             node.apply_expressions(|e| {
                 e.apply(|e| {
-                    if !timeless(e) {
-                        reusable = false;
-                        return Ok(TreeNodeRecursion::Stop);
+                    match kind(e) {
+                        Kind::Fixed => {}
+                        Kind::Moment => reuse.moment = true,
+                        Kind::Never => {
+                            reusable = false;
+                            return Ok(TreeNodeRecursion::Stop);
+                        }
                     }
                     Ok(TreeNodeRecursion::Continue)
                 })
@@ -219,14 +241,40 @@ fn reusable_tables(plan: &LogicalPlan) -> Option<Vec<(String, String, SchemaRef)
             TreeNodeRecursion::Stop
         })
     });
-    (walked.is_ok() && reusable).then_some(tables)
+    (walked.is_ok() && reusable).then_some(reuse)
 }
 
-/// Whether `e` (this node, not its children) evaluates the same whenever it is planned.
-fn timeless(e: &Expr) -> bool {
+enum Kind {
+    /// Evaluates the same whenever it is planned.
+    Fixed,
+    /// The query's start time: folded at each reuse.
+    Moment,
+    /// Anything else that may change between plannings.
+    Never,
+}
+
+/// How `e` (this node, not its children) depends on when it is planned.
+fn kind(e: &Expr) -> Kind {
     match e {
-        Expr::ScalarFunction(f) => f.func.signature().volatility == Volatility::Immutable,
-        Expr::ScalarVariable(..) | Expr::Placeholder(_) => false,
-        _ => true,
+        Expr::ScalarFunction(f) => match f.func.signature().volatility {
+            Volatility::Immutable => Kind::Fixed,
+            Volatility::Stable if MOMENT.contains(&f.func.name()) => Kind::Moment,
+            _ => Kind::Never,
+        },
+        Expr::ScalarVariable(..) | Expr::Placeholder(_) => Kind::Never,
+        _ => Kind::Fixed,
     }
+}
+
+/// `plan` with `now()`, `current_date` and `current_time` folded at `config`'s query
+/// start time: the one optimizer rule that folds them, over every node and subquery.
+pub(crate) fn fold_moment(
+    plan: LogicalPlan,
+    config: &dyn OptimizerConfig,
+) -> datafusion::common::Result<LogicalPlan> {
+    Optimizer::with_rules(vec![Arc::new(SimplifyExpressions::new())]).optimize(
+        plan,
+        config,
+        |_, _| {},
+    )
 }

@@ -1455,18 +1455,26 @@ async fn repeated_sql_reuses_its_plan_and_reads_each_querys_data() {
     assert_eq!(sql_ok(&app, "house", star).await, v);
     assert_eq!(plan_cache_delta(&state, before), (1, 1));
 
-    // plans that depend on the moment or on the catalog are never reused
+    // plans that depend on the catalog are never reused; those calling now() are, with
+    // now() folded anew each time
     let before = state.executor.plan_cache_stats();
     for q in [
-        "SELECT count(*) AS n FROM env WHERE time <= now()",
-        "SELECT now() AS t",
         "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'house'",
         "EXPLAIN SELECT count(*) FROM env",
+        "SELECT count(*) AS n FROM env WHERE time <= now() AND random() >= 0",
     ] {
         sql_ok(&app, "house", q).await;
         sql_ok(&app, "house", q).await;
     }
-    assert_eq!(plan_cache_delta(&state, before), (0, 8));
+    assert_eq!(plan_cache_delta(&state, before), (0, 6));
+    for q in [
+        "SELECT count(*) AS n FROM env WHERE time <= now()",
+        "SELECT now() AS t",
+    ] {
+        sql_ok(&app, "house", q).await;
+        sql_ok(&app, "house", q).await;
+    }
+    assert_eq!(plan_cache_delta(&state, before), (2, 8));
     // `now()` moves: two queries apart in time see two different moments
     let first = sql_ok(&app, "house", "SELECT now() AS t").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1602,4 +1610,61 @@ async fn a_reused_plan_sees_every_write_acknowledged_before_the_query() {
     writer.await.unwrap();
     assert!(checked > 1);
     assert!(state.executor.plan_cache_stats().hits > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_plan_folds_now_per_query_and_still_prunes_by_it() {
+    let (_d, state, app) = setup();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // an old segment and a recent one
+    for body in [
+        "env,room=a t=1 100\nenv,room=b t=2 200\n".to_string(),
+        format!("env,room=a t=4 {}\n", now_s - 600),
+    ] {
+        let r = post("/api/v1/write?db=house&precision=s", body);
+        assert_eq!(send(&app, r).await.0, StatusCode::NO_CONTENT);
+        state.engine().unwrap().flush().await.unwrap();
+    }
+    let q = "SELECT count(*) AS n, sum(t) AS s FROM env WHERE time >= now() - INTERVAL '1 hour'";
+    let before = state.executor.plan_cache_stats();
+    for _ in 0..3 {
+        assert_eq!(
+            sql_ok(&app, "house", q).await,
+            serde_json::json!([{"n": 1, "s": 4.0}])
+        );
+    }
+    assert_eq!(plan_cache_delta(&state, before), (2, 1));
+    // the reused plans pruned by the folded bound too: the old file was never opened
+    assert_eq!(state.executor.cached_segment_footers(), 1);
+    // a row written now is inside the window of the next reuse
+    let r = post(
+        "/api/v1/write?db=house&precision=s",
+        format!("env,room=b t=8 {}\n", now_s),
+    );
+    assert_eq!(send(&app, r).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        sql_ok(&app, "house", q).await,
+        serde_json::json!([{"n": 2, "s": 12.0}])
+    );
+    // gap filling needs its bounds as literals when it is planned: planned every time,
+    // and right every time
+    let gap = "SELECT date_bin_gapfill(INTERVAL '20 minutes', time) AS b, count(*) AS n \
+               FROM env WHERE time >= now() - INTERVAL '1 hour' AND time < now() + INTERVAL '1 minute' GROUP BY b";
+    let before = state.executor.plan_cache_stats();
+    for _ in 0..2 {
+        let v = sql_ok(&app, "house", gap).await;
+        let rows = v.as_array().unwrap();
+        assert!((3..=5).contains(&rows.len()), "{v}");
+        assert_eq!(
+            rows.iter()
+                .map(|r| r["n"].as_i64().unwrap_or(0))
+                .sum::<i64>(),
+            2,
+            "{v}"
+        );
+    }
+    assert_eq!(plan_cache_delta(&state, before), (0, 2));
 }
