@@ -437,23 +437,26 @@ impl Session {
         let plan = async {
             let plan = self.state.create_logical_plan(&key.sql).await?;
             options.verify_plan(&plan)?;
-            let optimized = self.state.optimize(&plan)?;
-            Ok::<_, DataFusionError>((plan, optimized))
+            Ok::<_, DataFusionError>(plan)
         };
-        let (plan, optimized) = plan.await.map_err(|e| classify(e, cfg))?;
+        let plan = plan.await.map_err(|e| classify(e, cfg))?;
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        if let Some(reuse) = plans.reuse(&key, &plan) {
-            let kept = if reuse.moment {
-                // optimized again with no start time: `now()` stays for each reuse to fold
-                let mut timeless = self.state.clone();
-                timeless.execution_props_mut().query_execution_start_time = None;
-                timeless.optimize(&plan).ok()
-            } else {
-                Some(optimized.clone())
-            };
-            if let Some(kept) = kept {
-                plans.put(key, reuse, kept, Arc::clone(&schema));
+        let reuse = plans.reuse(&key, &plan);
+        if let Some(reuse) = reuse.clone().filter(|r| r.moment) {
+            // optimized once with no start time, `now()` left in place: kept like that,
+            // and folded for this query exactly as for every reuse. Where that cannot
+            // be optimized (gap filling needs literal bounds) the plan is not kept.
+            let mut timeless = self.state.clone();
+            timeless.execution_props_mut().query_execution_start_time = None;
+            if let Ok(kept) = timeless.optimize(&plan) {
+                plans.put(key, reuse, kept.clone(), Arc::clone(&schema));
+                let folded = fold_moment(kept, &self.state).map_err(|e| classify(e, cfg))?;
+                return Ok((folded, schema));
             }
+        }
+        let optimized = self.state.optimize(&plan).map_err(|e| classify(e, cfg))?;
+        if let Some(reuse) = reuse.filter(|r| !r.moment) {
+            plans.put(key, reuse, optimized.clone(), Arc::clone(&schema));
         }
         Ok((optimized, schema))
     }

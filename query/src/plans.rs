@@ -125,7 +125,7 @@ impl PlanCache {
     }
 
     /// Whether a plan for this SQL would be kept at all.
-    pub(crate) fn wants(&self, sql: &str) -> bool {
+    fn wants(&self, sql: &str) -> bool {
         self.capacity > 0 && sql.len() <= MAX_SQL_BYTES
     }
 
