@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
 use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::TableType;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, ident, lit};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Column;
@@ -27,7 +28,7 @@ use talo_engine::{Snapshot, TableSnapshot};
 
 use crate::auth::{Permission, Principal};
 use crate::dedup::DedupTable;
-use crate::scan::SegmentTable;
+use crate::scan::{SegmentTable, TimeBounds, holds_throughout, is_time_bound};
 
 /// Start of the error message for a database the token may not read.
 pub(crate) const DENIED: &str = "permission denied: ";
@@ -163,8 +164,20 @@ impl TableProvider for LiveTable {
         &self,
         filters: &[&Expr],
     ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // what both providers below say: filters prune, and are applied again above
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // Bounds on time are exact: `scan` applies them where a file or buffer chunk
+        // reaches past them, and nowhere else (a day's query over a day's files compared
+        // every row's time twice for nothing: ~8 % of its CPU, `perf`). Every other
+        // filter prunes below and is applied again above, as both providers say.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if is_time_bound(f) {
+                    TableProviderFilterPushDown::Exact
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
     }
 
     async fn scan(
@@ -192,23 +205,49 @@ impl TableProvider for LiveTable {
                 self.db, self.name
             )));
         }
-        let provider = table_provider(t, &q.data_dir)?;
-        match q.snapshot.retention.cutoff(&self.db, &self.name, q.now_ns) {
-            None => provider.scan(state, projection, filters, limit).await,
-            Some(cut) => retained(&*provider, state, projection, filters, cut).await,
+        // the time bounds (exact, see above) that some file or chunk the scan reads
+        // reaches past; a source outside `range` is skipped by the scan, which prunes
+        // by the same filters
+        let range = TimeBounds::from_filters(filters);
+        let sources = t
+            .segments
+            .iter()
+            .map(|s| (s.min_time, s.max_time))
+            .chain(t.chunks.iter().map(|c| (c.min_time, c.max_time)))
+            .filter(|&(lo, hi)| range.overlaps(lo, hi))
+            .collect::<Vec<_>>();
+        let mut keep: Vec<Expr> = filters
+            .iter()
+            .filter(|f| is_time_bound(f))
+            .filter(|f| !sources.iter().all(|&(lo, hi)| holds_throughout(f, lo, hi)))
+            .cloned()
+            .collect();
+        // rows past the retention are never returned, even before their files are gone
+        if let Some(cut) = q.snapshot.retention.cutoff(&self.db, &self.name, q.now_ns) {
+            keep.push(
+                ident(TIME_COLUMN).gt_eq(lit(ScalarValue::TimestampNanosecond(
+                    Some(cut),
+                    Some("UTC".into()),
+                ))),
+            );
         }
+        let provider = table_provider(t, &q.data_dir)?;
+        if keep.is_empty() {
+            return provider.scan(state, projection, filters, limit).await;
+        }
+        filtered(&*provider, state, projection, filters, keep).await
     }
 }
 
-/// Scan `provider` leaving out rows older than `cut` (past the retention: never
-/// returned, even before their files are gone). The cutoff prunes like any filter and
-/// is applied to the rows above the scan.
-async fn retained(
+/// Scan `provider` and keep only the rows for which every filter of `keep` holds
+/// (filters on time: the query's exact bounds and the retention cutoff). They prune like
+/// any filter and are applied to the rows above the scan.
+async fn filtered(
     provider: &dyn TableProvider,
     state: &dyn Session,
     projection: Option<&Vec<usize>>,
     filters: &[Expr],
-    cut: i64,
+    keep: Vec<Expr>,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = provider.schema();
     let time = schema.index_of(TIME_COLUMN)?;
@@ -221,15 +260,15 @@ async fn retained(
         }
         missing
     });
-    let keep = ident(TIME_COLUMN).gt_eq(lit(ScalarValue::TimestampNanosecond(
-        Some(cut),
-        Some("UTC".into()),
-    )));
     let mut all = filters.to_vec();
-    all.push(keep.clone());
-    // no limit below the filter: it could stop the scan before the rows that pass
+    all.extend(keep.iter().filter(|k| !filters.contains(k)).cloned());
+    // no limit below the filter: it could stop the scan before the rows that pass (the
+    // query's limit stays above)
     let scan = provider.scan(state, columns.as_ref(), &all, None).await?;
     let scanned = scan.schema();
+    let Some(keep) = conjunction(keep) else {
+        return Ok(scan);
+    };
     let predicate = state.create_physical_expr(keep, &DFSchema::try_from(Arc::clone(&scanned))?)?;
     let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, scan)?);
     if !added {

@@ -7,16 +7,16 @@
 //! DataFusion's function — its signature, types, ordering properties, documentation and
 //! every case it handles — and computes one case itself: a fixed stride (an interval
 //! without months, positive), a nanosecond timestamp array and the default or a
-//! nanosecond origin. Once per batch it checks, from the array's minimum and maximum,
-//! that no row can overflow; then each row is `origin + floor((t - origin) / stride) *
-//! stride` with the division by the stride strength-reduced to a multiplication
-//! (`strength_reduce`). A batch that could overflow goes to DataFusion's code, which
-//! makes those rows NULL. Same answers, row for row (tested against it below).
+//! nanosecond origin: each row is `origin + floor((t - origin) / stride) * stride`, with
+//! the division by the stride strength-reduced to a multiplication (`strength_reduce`)
+//! and skipped for the rows that fall into the bucket of the row before. Rows are checked
+//! one by one against the range of times that cannot overflow; a batch with one outside it
+//! goes to DataFusion's code, which makes those rows NULL. Same answers, row for row
+//! (tested against it below).
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray};
-use datafusion::arrow::compute::{max, min};
 use datafusion::arrow::datatypes::{
     DataType, IntervalMonthDayNanoType, TimeUnit, TimestampNanosecondType,
 };
@@ -113,33 +113,57 @@ fn fast_path(args: &[ColumnarValue]) -> Result<Option<ColumnarValue>> {
 }
 
 /// Every time of `times` binned, or `None` if some row could overflow.
+///
+/// One pass, no per-batch minimum and maximum: the rows that cannot overflow form one
+/// range of times, `[lowest, highest]`, checked row by row, and each computed bucket
+/// remembers the range of times that fall into it, so that the next row of the same
+/// bucket (a series' readings arrive in time order, many to a bucket) costs two
+/// comparisons instead of a division.
 fn bin(
     times: &PrimitiveArray<TimestampNanosecondType>,
     stride: i64,
     origin: i64,
 ) -> Option<ArrayRef> {
-    if let (Some(lo), Some(hi)) = (min(times), max(times)) {
-        // every (t - origin) fits, and so does every result: it lies in (t - stride, t]
-        lo.checked_sub(origin)?.checked_sub(stride)?;
-        hi.checked_sub(origin)?;
-        lo.checked_sub(stride)?;
-    }
+    // (t - origin), (t - origin - stride) and (t - stride) all fit: the result lies in
+    // (t - stride, t], so it fits too
+    let (s, o, min) = (stride as i128, origin as i128, i64::MIN as i128);
+    let lowest = (min + o + s).max(min + s).max(min + o) as i64;
+    let highest = (i64::MAX as i128 + o).min(i64::MAX as i128) as i64;
     let by = StrengthReducedU64::new(stride as u64);
-    // NULL slots hold arbitrary values: wrapping arithmetic, and the result is masked
-    let out: PrimitiveArray<TimestampNanosecondType> = times.unary(|t| {
-        let diff = t.wrapping_sub(origin);
+    let bucket = |t: i64| {
+        let diff = t - origin;
         let delta = if diff >= 0 {
-            ((diff as u64 / by) as i64).wrapping_mul(stride)
+            (diff as u64 / by) as i64 * stride
         } else {
             // floor for negatives: -(|diff| - 1) / stride - 1 whole strides
-            let n = (diff.wrapping_add(1)).wrapping_neg() as u64;
-            ((n / by) as i64)
-                .wrapping_add(1)
-                .wrapping_mul(stride)
-                .wrapping_neg()
+            let n = (-(diff + 1)) as u64;
+            -(((n / by) as i64 + 1) * stride)
         };
-        origin.wrapping_add(delta)
-    });
+        origin + delta
+    };
+    let nulls = times.nulls().filter(|n| n.null_count() > 0);
+    let mut out = Vec::with_capacity(times.len());
+    // the times [lo, hi] all fall into the bucket `cur` (empty at first)
+    let (mut lo, mut hi, mut cur) = (1i64, 0i64, 0i64);
+    for (i, &t) in times.values().iter().enumerate() {
+        if lo <= t && t <= hi {
+            out.push(cur);
+            continue;
+        }
+        if nulls.is_some_and(|n| n.is_null(i)) {
+            // a NULL slot holds an arbitrary value: masked below
+            out.push(0);
+            continue;
+        }
+        if t < lowest || t > highest {
+            return None;
+        }
+        cur = bucket(t);
+        lo = cur.max(lowest);
+        hi = cur.saturating_add(stride - 1).min(highest);
+        out.push(cur);
+    }
+    let out = PrimitiveArray::<TimestampNanosecondType>::new(out.into(), times.nulls().cloned());
     Some(Arc::new(out.with_timezone_opt(match times.data_type() {
         DataType::Timestamp(_, tz) => tz.clone(),
         _ => None,
@@ -262,7 +286,12 @@ mod tests {
             let stride = interval(0, stride);
             let (want, got) = both(stride.clone(), times, origin);
             prop_assert_eq!(&want, &got);
-            let (want, got) = both(stride, near.into_iter().map(Some).collect(), origin);
+            let (want, got) = both(stride.clone(), near.iter().copied().map(Some).collect(), origin);
+            prop_assert_eq!(&want, &got);
+            // in time order, as a series arrives: most rows reuse the bucket before
+            let mut sorted = near;
+            sorted.sort_unstable();
+            let (want, got) = both(stride, sorted.into_iter().map(Some).collect(), origin);
             prop_assert_eq!(&want, &got);
         }
     }

@@ -110,6 +110,59 @@ impl TimeBounds {
     }
 }
 
+/// A filter that is one bound on `time` against a literal: `time <op> literal` (`<`,
+/// `<=`, `>`, `>=`, `=`, either side) or `time BETWEEN literal AND literal`. Whether it
+/// holds for a row depends on the row's time alone, so whether it holds for every row
+/// of a file or buffer chunk follows from that source's time range
+/// ([`holds_throughout`]): such filters are handled exactly by the scan, which applies
+/// them only where a source reaches past them.
+pub(crate) fn is_time_bound(e: &Expr) -> bool {
+    time_bound(e).is_some()
+}
+
+/// Whether the time bound `e` (see [`is_time_bound`]) holds for every time in
+/// `[lo, hi]`; `false` for anything else.
+pub(crate) fn holds_throughout(e: &Expr, lo: i64, hi: i64) -> bool {
+    match time_bound(e) {
+        Some(Bound::Op(Operator::Gt, v)) => lo > v,
+        Some(Bound::Op(Operator::GtEq, v)) => lo >= v,
+        Some(Bound::Op(Operator::Lt, v)) => hi < v,
+        Some(Bound::Op(Operator::LtEq, v)) => hi <= v,
+        Some(Bound::Op(Operator::Eq, v)) => lo == v && hi == v,
+        Some(Bound::Between(low, high)) => lo >= low && hi <= high,
+        _ => false,
+    }
+}
+
+enum Bound {
+    /// `time <op> value`
+    Op(Operator, i64),
+    /// `time BETWEEN low AND high`
+    Between(i64, i64),
+}
+
+fn time_bound(e: &Expr) -> Option<Bound> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (op, v) = match (is_time(left), is_time(right)) {
+                (true, false) => (*op, literal_nanos(right)?),
+                (false, true) => (op.swap()?, literal_nanos(left)?),
+                _ => return None,
+            };
+            matches!(
+                op,
+                Operator::Gt | Operator::GtEq | Operator::Lt | Operator::LtEq | Operator::Eq
+            )
+            .then_some(Bound::Op(op, v))
+        }
+        Expr::Between(b) if !b.negated && is_time(&b.expr) => Some(Bound::Between(
+            literal_nanos(&b.low)?,
+            literal_nanos(&b.high)?,
+        )),
+        _ => None,
+    }
+}
+
 fn is_time(e: &Expr) -> bool {
     matches!(e, Expr::Column(c) if c.name == TIME_COLUMN)
 }

@@ -445,14 +445,105 @@ async fn filters_run_while_decoding_where_time_bounds_cut_a_segment() {
     let v = sql_ok(&app, "house", cut).await;
     assert_eq!(v, serde_json::json!([{"n": 12, "st": 90.0}]));
 
-    // bounds holding the whole segment: the filter drops nothing, so it is not run
-    // while decoding (that would only cost); FilterExec applies it as before
+    // bounds holding the whole segment: the filter drops nothing, so it is not run at
+    // all (neither while decoding nor above: time bounds are exact filters of the table)
     let whole = "SELECT count(*) AS n FROM env WHERE time >= '1970-01-01T00:01:00Z'";
     let v = sql_ok(&app, "house", &format!("EXPLAIN {whole}")).await;
     let plan = plan_text(&v, "physical_plan");
-    assert!(plan.contains("FilterExec"), "{plan}");
+    assert!(!plan.contains("FilterExec"), "{plan}");
+    assert!(!plan.contains("pushdown_filters=true"), "{plan}");
     let v = sql_ok(&app, "house", whole).await;
     assert_eq!(v, serde_json::json!([{"n": 22}]));
+}
+
+/// Time bounds are exact filters of the table: applied only where a file or buffer chunk
+/// the scan reads reaches past them. Every answer is checked, also for a plan reused
+/// after a write made a source reach past a bound that held before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_bounds_are_applied_only_where_a_source_reaches_past_them() {
+    let (_d, state, app) = setup();
+    // a segment over 100 s ..= 200 s (t = 0..=10), then buffered rows at 300 s and 310 s
+    let body: String = (0..=10)
+        .map(|i| format!("env,room=a t={i} {}\n", 100 + 10 * i))
+        .collect();
+    let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    state.engine().unwrap().flush().await.unwrap();
+    let body = "env,room=a t=30 300\nenv,room=a t=31 310\n";
+    let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+
+    let ts = |s: u32| format!("'1970-01-01T00:{:02}:{:02}Z'", s / 60, s % 60);
+    // (where clause, filter needed, sum(t))
+    let cases = [
+        // the segment holds, the buffer's chunk lies past it: skipped by the scan
+        (format!("time < {}", ts(250)), false, 55.0),
+        (
+            format!("time >= {} AND time <= {}", ts(100), ts(310)),
+            false,
+            116.0,
+        ),
+        (format!("{} <= time", ts(100)), false, 116.0),
+        (
+            format!("time BETWEEN {} AND {}", ts(0), ts(400)),
+            false,
+            116.0,
+        ),
+        // cut through the segment, through the chunk, or an exact point
+        (format!("time > {}", ts(150)), true, 101.0),
+        (format!("time < {}", ts(305)), true, 85.0),
+        (
+            format!("time BETWEEN {} AND {}", ts(150), ts(250)),
+            true,
+            45.0,
+        ),
+        (format!("time = {}", ts(150)), true, 5.0),
+        (format!("{} > time", ts(120)), true, 1.0),
+    ];
+    for (cond, needed, sum) in &cases {
+        let q = format!("SELECT sum(t) AS st FROM env WHERE {cond}");
+        let plan = physical_plan(&app, "house", &q).await;
+        assert_eq!(plan.contains("FilterExec"), *needed, "{cond}: {plan}");
+        let v = sql_ok(&app, "house", &q).await;
+        assert_eq!(v, serde_json::json!([{"st": sum}]), "{cond}");
+        // the time column is not asked for, yet filtered by where needed
+        let q = format!("SELECT t FROM env WHERE {cond} ORDER BY t");
+        let rows = sql_ok(&app, "house", &q).await;
+        let got: f64 = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["t"].as_f64().unwrap())
+            .sum();
+        assert_eq!(got, *sum, "{cond}");
+    }
+    // a limit stays above the filter: three rows, all within the bounds
+    let q = format!("SELECT t FROM env WHERE time > {} LIMIT 3", ts(170));
+    let v = sql_ok(&app, "house", &q).await;
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{v}");
+    assert!(rows.iter().all(|r| r["t"].as_f64().unwrap() > 7.0), "{v}");
+
+    // planned (and kept) while every source held the bound; reused after a chunk that
+    // reaches past it arrived: the reused plan filters it
+    let q = format!("SELECT count(*) AS n FROM env WHERE time < {}", ts(400));
+    let before = state.executor.plan_cache_stats();
+    assert_eq!(
+        sql_ok(&app, "house", &q).await,
+        serde_json::json!([{"n": 13}])
+    );
+    let body = "env,room=a t=39 390\nenv,room=a t=50 500\n";
+    let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        sql_ok(&app, "house", &q).await,
+        serde_json::json!([{"n": 14}])
+    );
+    assert_eq!(
+        plan_cache_delta(&state, before),
+        (1, 1),
+        "planned once, reused once"
+    );
 }
 
 /// The Arrow type each `.parquet` file under `dir` stores column `col` as.
