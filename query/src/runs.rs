@@ -624,17 +624,23 @@ fn fold_runs<T: ArrowPrimitiveType>(
     part: Part,
 ) -> ArrayRef {
     // how two values combine; an incomparable (NaN) value wins, as in DataFusion's
-    // min/max. One loop per part, so that the part is not looked at for every value.
+    // min/max: `!(x <= a)` is "greater or incomparable" in one comparison (a conditional
+    // move; matching on `partial_cmp` built an `Ordering` per value, the hottest loop of
+    // a 5-minute-max query by `perf annotate`). One loop per part, so that the part is
+    // not looked at for every value.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
     let out = match part {
         Part::Sum => fold_each(values, starts, |a: T::Native, x| a.add_wrapping(x)),
-        Part::Max => fold_each(values, starts, |a: T::Native, x| match x.partial_cmp(&a) {
-            Some(std::cmp::Ordering::Greater) | None => x,
-            _ => a,
-        }),
-        Part::Min => fold_each(values, starts, |a: T::Native, x| match x.partial_cmp(&a) {
-            Some(std::cmp::Ordering::Less) | None => x,
-            _ => a,
-        }),
+        Part::Max => fold_each(
+            values,
+            starts,
+            |a: T::Native, x| if !(x <= a) { x } else { a },
+        ),
+        Part::Min => fold_each(
+            values,
+            starts,
+            |a: T::Native, x| if !(x >= a) { x } else { a },
+        ),
         Part::Count | Part::FloatSum | Part::Pick { .. } => {
             unreachable!("folded by fold_column or fold_batch")
         }
@@ -861,6 +867,14 @@ mod tests {
         assert!(min.as_primitive::<Float64Type>().value(0).is_nan());
         assert_eq!(min.as_primitive::<Float64Type>().value(1), -1.0);
         assert_eq!(max.null_count(), 0);
+        // a NaN already folded gives way to the next value, as before (`partial_cmp`)
+        let floats: ArrayRef = Arc::new(Float64Array::from(vec![f64::NAN, 1.0, f64::NAN]));
+        for part in [Part::Max, Part::Min] {
+            let got = fold_column(&floats, &[0, 2], part).unwrap();
+            let got = got.as_primitive::<Float64Type>();
+            assert_eq!(got.value(0), 1.0, "{part:?}");
+            assert!(got.value(1).is_nan(), "{part:?}");
+        }
     }
 
     #[test]
