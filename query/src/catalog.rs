@@ -232,22 +232,23 @@ impl TableProvider for LiveTable {
             );
         }
         let provider = table_provider(t, &q.data_dir)?;
-        if keep.is_empty() {
+        let Some(predicate) = conjunction(keep.iter().cloned()) else {
             return provider.scan(state, projection, filters, limit).await;
-        }
-        filtered(&*provider, state, projection, filters, keep).await
+        };
+        filtered(&*provider, state, projection, filters, &keep, predicate).await
     }
 }
 
-/// Scan `provider` and keep only the rows for which every filter of `keep` holds
-/// (filters on time: the query's exact bounds and the retention cutoff). They prune like
-/// any filter and are applied to the rows above the scan.
+/// Scan `provider` and keep only the rows for which `predicate`, the conjunction of
+/// `keep`, holds (filters on time: the query's exact bounds and the retention cutoff).
+/// They prune like any filter and are applied to the rows above the scan.
 async fn filtered(
     provider: &dyn TableProvider,
     state: &dyn Session,
     projection: Option<&Vec<usize>>,
     filters: &[Expr],
-    keep: Vec<Expr>,
+    keep: &[Expr],
+    predicate: Expr,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = provider.schema();
     let time = schema.index_of(TIME_COLUMN)?;
@@ -266,10 +267,8 @@ async fn filtered(
     // query's limit stays above)
     let scan = provider.scan(state, columns.as_ref(), &all, None).await?;
     let scanned = scan.schema();
-    let Some(keep) = conjunction(keep) else {
-        return Ok(scan);
-    };
-    let predicate = state.create_physical_expr(keep, &DFSchema::try_from(Arc::clone(&scanned))?)?;
+    let predicate =
+        state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&scanned))?)?;
     let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, scan)?);
     if !added {
         return Ok(filtered);
