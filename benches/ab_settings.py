@@ -10,11 +10,18 @@ per query (utime + stime from /proc/PID/stat). Every answer is checked against D
 Alternating sides and the same-round DuckDB time are what make a difference of a few
 per cent readable on a shared, noisy machine.
 
+Each side's settled layout (files and their rows) is printed, and a warning when the two
+differ: compaction's timing can leave one side with 3 files and the other with 9, which
+alone moves "last value" and "one sensor". With --shared-data only side A loads and
+settles; B gets a copy of A's settled directory, so both query the very same files (for
+settings and builds that only change the read path).
+
 Usage (after `cargo build --release --bin talo --bench loadgen`):
   .venv/bin/python benches/ab_settings.py --talo target/release/talo \\
       --loadgen target/release/deps/loadgen-<hash> \\
       --a TALO_SEGMENT_DECIMAL_FLOATS=false --b TALO_SEGMENT_DECIMAL_FLOATS=true \\
-      [--talo-b other/talo] [--rounds-ab 3] [--runs 15] [--sensors 1000 --steps 8640]
+      [--talo-b other/talo] [--shared-data] [--rounds-ab 3] [--runs 15]
+      [--sensors 1000 --steps 8640]
 """
 import argparse
 import os
@@ -53,6 +60,11 @@ def column_bytes(files):
                 col = rg.column(c)
                 sizes[col.path_in_schema] = sizes.get(col.path_in_schema, 0) + col.total_compressed_size
     return ", ".join(f"{k} {v / max(rows, 1):.3f}" for k, v in sizes.items())
+
+
+def layout(files):
+    """Rows of each file, in file order: what compaction left."""
+    return [pq.ParquetFile(f).metadata.num_rows for f in files]
 
 
 def parse_env(spec):
@@ -121,6 +133,8 @@ def main():
     p.add_argument("--talo-b", help="side B's binary (default: --talo)")
     p.add_argument("--rounds-ab", type=int, default=3)
     p.add_argument("--runs", type=int, default=15)
+    p.add_argument("--shared-data", action="store_true",
+                   help="load and settle once (side A's settings); B queries a copy of A's files")
     args = p.parse_args()
     qs = compare.query_set(args.sensors, args.steps)
     fvs = args.sensors * args.steps * compare.FIELDS
@@ -131,7 +145,8 @@ def main():
           f"{args.talo}; B: {args.b or '(defaults)'} {args.talo_b or args.talo}", flush=True)
     rows = []
     try:
-        for s in sides:
+        loading = sides[:1] if args.shared_data else sides
+        for s in loading:
             s.start()
             s.talo.prepare()
             load = compare.loader(args, s.talo.write_url(), args.steps)
@@ -141,12 +156,25 @@ def main():
             s.start()
             started = time.monotonic()
             s.talo.wait_stable(120, extra=lambda: time.monotonic() - started > 7)
+            s.talo.stop()
+            print(f"{s.name}: {load['rows_per_s']:,.0f} rows/s", flush=True)
+        if args.shared_data:
+            a, b = sides
+            shutil.rmtree(b.talo.dir)
+            shutil.copytree(a.talo.dir, b.talo.dir)
+            lock = os.path.join(b.talo.dir, "LOCK")
+            if os.path.exists(lock):
+                os.remove(lock)
+        for s in sides:
             files = s.talo.parquet_files()
             size = sum(os.path.getsize(f) for f in files)
-            s.talo.stop()
-            print(f"{s.name}: {load['rows_per_s']:,.0f} rows/s, {size / fvs:.4f} bytes per field value "
-                  f"in {len(files)} files; bytes per row by column: {column_bytes(files)}", flush=True)
             s.bytes_per_fv = size / fvs
+            s.layout = layout(files)
+            print(f"{s.name}: {size / fvs:.4f} bytes per field value in {len(files)} files "
+                  f"(rows {s.layout}); bytes per row by column: {column_bytes(files)}", flush=True)
+        if sides[0].layout != sides[1].layout:
+            print("warning: the sides settled into different layouts; queries over them differ "
+                  "for that reason too (--shared-data compares one layout)", flush=True)
         for r in range(args.rounds_ab):
             for s in sides:
                 s.start()
