@@ -18,9 +18,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, PrimitiveArray};
 use datafusion::arrow::datatypes::{
-    DataType, IntervalMonthDayNanoType, TimeUnit, TimestampNanosecondType,
+    DataType, Field, IntervalMonthDayNano, IntervalMonthDayNanoType, TimeUnit,
+    TimestampNanosecondType,
 };
 use datafusion::common::{Result, ScalarValue};
+use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
@@ -70,7 +72,7 @@ impl ScalarUDFImpl for FastDateBin {
 }
 
 /// The stride in nanoseconds, if it is a fixed positive interval.
-fn fixed_stride(v: &ColumnarValue) -> Option<i64> {
+pub(crate) fn fixed_stride(v: &ColumnarValue) -> Option<i64> {
     let nanos = match v {
         ColumnarValue::Scalar(ScalarValue::IntervalMonthDayNano(Some(i))) => {
             let (months, days, nanos) = IntervalMonthDayNanoType::to_parts(*i);
@@ -112,6 +114,54 @@ fn fast_path(args: &[ColumnarValue]) -> Result<Option<ColumnarValue>> {
     Ok(bin(times, stride, origin).map(ColumnarValue::Array))
 }
 
+/// `origin + floor((t - origin) / stride) * stride` for the times that cannot overflow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Binner {
+    stride: i64,
+    origin: i64,
+    /// The times whose bucket can be computed without overflow: `[lowest, highest]`.
+    lowest: i64,
+    highest: i64,
+    by: StrengthReducedU64,
+}
+
+impl Binner {
+    /// `stride` > 0 (nanoseconds), `origin` in nanoseconds.
+    pub(crate) fn new(stride: i64, origin: i64) -> Binner {
+        // (t - origin), (t - origin - stride) and (t - stride) all fit: the result lies in
+        // (t - stride, t], so it fits too
+        let (s, o, min) = (stride as i128, origin as i128, i64::MIN as i128);
+        Binner {
+            stride,
+            origin,
+            lowest: (min + o + s).max(min + s).max(min + o) as i64,
+            highest: (i64::MAX as i128 + o).min(i64::MAX as i128) as i64,
+            by: StrengthReducedU64::new(stride as u64),
+        }
+    }
+
+    /// The bucket of `t` and the times `[lo, hi]` that share it, or `None` where `t`
+    /// could overflow (DataFusion's function makes such a row NULL).
+    #[inline]
+    pub(crate) fn bucket(&self, t: i64) -> Option<(i64, i64, i64)> {
+        if t < self.lowest || t > self.highest {
+            return None;
+        }
+        let diff = t - self.origin;
+        let delta = if diff >= 0 {
+            (diff as u64 / self.by) as i64 * self.stride
+        } else {
+            // floor for negatives: -(|diff| - 1) / stride - 1 whole strides
+            let n = (-(diff + 1)) as u64;
+            -(((n / self.by) as i64 + 1) * self.stride)
+        };
+        let cur = self.origin + delta;
+        let lo = cur.max(self.lowest);
+        let hi = cur.saturating_add(self.stride - 1).min(self.highest);
+        Some((cur, lo, hi))
+    }
+}
+
 /// Every time of `times` binned, or `None` if some row could overflow.
 ///
 /// One pass, no per-batch minimum and maximum: the rows that cannot overflow form one
@@ -124,23 +174,7 @@ fn bin(
     stride: i64,
     origin: i64,
 ) -> Option<ArrayRef> {
-    // (t - origin), (t - origin - stride) and (t - stride) all fit: the result lies in
-    // (t - stride, t], so it fits too
-    let (s, o, min) = (stride as i128, origin as i128, i64::MIN as i128);
-    let lowest = (min + o + s).max(min + s).max(min + o) as i64;
-    let highest = (i64::MAX as i128 + o).min(i64::MAX as i128) as i64;
-    let by = StrengthReducedU64::new(stride as u64);
-    let bucket = |t: i64| {
-        let diff = t - origin;
-        let delta = if diff >= 0 {
-            (diff as u64 / by) as i64 * stride
-        } else {
-            // floor for negatives: -(|diff| - 1) / stride - 1 whole strides
-            let n = (-(diff + 1)) as u64;
-            -(((n / by) as i64 + 1) * stride)
-        };
-        origin + delta
-    };
+    let binner = Binner::new(stride, origin);
     let nulls = times.nulls().filter(|n| n.null_count() > 0);
     let mut out = Vec::with_capacity(times.len());
     // the times [lo, hi] all fall into the bucket `cur` (empty at first)
@@ -155,27 +189,55 @@ fn bin(
             out.push(0);
             continue;
         }
-        if t < lowest || t > highest {
-            return None;
-        }
-        cur = bucket(t);
-        lo = cur.max(lowest);
-        hi = cur.saturating_add(stride - 1).min(highest);
+        (cur, lo, hi) = binner.bucket(t)?;
         out.push(cur);
     }
     let out = PrimitiveArray::<TimestampNanosecondType>::new(out.into(), times.nulls().cloned());
-    Some(Arc::new(out.with_timezone_opt(match times.data_type() {
+    Some(Arc::new(out.with_timezone_opt(timezone(times.data_type()))))
+}
+
+fn timezone(t: &DataType) -> Option<Arc<str>> {
+    match t {
         DataType::Timestamp(_, tz) => tz.clone(),
         _ => None,
-    })))
+    }
+}
+
+/// `date_bin(stride, times, origin)` of a nanosecond timestamp array, exactly as the SQL
+/// function computes it (DataFusion's code where a row could overflow).
+pub(crate) fn binned(times: &ArrayRef, stride: i64, origin: i64) -> Result<ArrayRef> {
+    if let Some(t) = times.as_primitive_opt::<TimestampNanosecondType>()
+        && let Some(out) = bin(t, stride, origin)
+    {
+        return Ok(out);
+    }
+    let tz = timezone(times.data_type());
+    let args = vec![
+        ColumnarValue::Scalar(ScalarValue::IntervalMonthDayNano(Some(
+            IntervalMonthDayNano::new(0, 0, stride),
+        ))),
+        ColumnarValue::Array(Arc::clone(times)),
+        ColumnarValue::Scalar(ScalarValue::TimestampNanosecond(Some(origin), tz)),
+    ];
+    let arg_fields = args
+        .iter()
+        .map(|a| Arc::new(Field::new("a", a.data_type(), true)))
+        .collect();
+    datafusion::functions::datetime::date_bin()
+        .invoke_with_args(ScalarFunctionArgs {
+            args,
+            arg_fields,
+            number_rows: times.len(),
+            return_field: Arc::new(Field::new("r", times.data_type().clone(), true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        })?
+        .into_array(times.len())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::arrow::array::TimestampNanosecondArray;
-    use datafusion::arrow::datatypes::{Field, IntervalMonthDayNano};
-    use datafusion::config::ConfigOptions;
     use proptest::prelude::*;
 
     /// DataFusion's `date_bin` on the same arguments, and ours.

@@ -1353,6 +1353,38 @@ async fn dashboard_aggregates_fold_runs_and_keep_names_and_types() {
         plan.contains("RunFoldExec: keys=2, parts=[(Max, 2), (Count, 3)]"),
         "{plan}"
     );
+    // the time bucket is binned by the fold itself (no date_bin below it)
+    assert!(
+        plan.contains("key 1 binned by 300000000000 ns from 0"),
+        "{plan}"
+    );
+    // with an origin, and as time_bucket (an alias: the key arrives as `date_bin(..) AS
+    // "time_bucket(..)"`, which was left to the hash aggregate alone before): the
+    // buckets start 2 minutes past
+    let q2 = "SELECT room, time_bucket(INTERVAL '5 minutes', time, TIMESTAMP '1970-01-01T00:02:00Z') AS b, max(t) AS m FROM env GROUP BY room, b ORDER BY room NULLS LAST, b";
+    let v = sql_ok(&app, "house", q2).await;
+    let rows: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} {}", r["room"], r["b"], r["m"]))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            r#""a" "1969-12-31T23:57:00Z" 4.0"#,
+            r#""a" "1970-01-01T00:02:00Z" 5.0"#,
+            r#""b" "1969-12-31T23:57:00Z" 10.0"#,
+            r#""b" "1970-01-01T00:02:00Z" 20.0"#,
+            r#"null "1969-12-31T23:57:00Z" 100.0"#,
+            r#"null "1970-01-01T00:02:00Z" 200.0"#,
+        ]
+    );
+    let plan = physical_plan(&app, "house", q2).await;
+    assert!(
+        plan.contains("key 1 binned by 300000000000 ns from 120000000000"),
+        "{plan}"
+    );
     // the result keeps the tag's type
     let (schema, n) = arrow_answer(&app, "house", q).await;
     assert_eq!(n, 6);
