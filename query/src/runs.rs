@@ -732,15 +732,14 @@ fn binned_runs(keys: &[ArrayRef], bin: &Bin) -> Result<Option<(Vec<usize>, Vec<A
         }
     }
     let idx = UInt32Array::from_iter_values(starts.iter().map(|&i| i as u32));
-    let mut buckets = Some(buckets);
+    let buckets: ArrayRef = Arc::new(
+        PrimitiveArray::<TimestampNanosecondType>::new(buckets.into(), None)
+            .with_data_type(times.data_type().clone()),
+    );
     let mut cols = Vec::with_capacity(keys.len());
     for (i, k) in keys.iter().enumerate() {
         cols.push(if i == bin.key {
-            let b = PrimitiveArray::<TimestampNanosecondType>::new(
-                buckets.take().unwrap_or_default().into(),
-                None,
-            );
-            Arc::new(b.with_data_type(k.data_type().clone())) as ArrayRef
+            Arc::clone(&buckets)
         } else {
             take(k.as_ref(), &idx, None)?
         });

@@ -370,6 +370,20 @@ async fn physical_plan(app: &Router, db: &str, q: &str) -> String {
     )
 }
 
+/// Each row of a JSON answer as its `cols` values (JSON text) joined by spaces.
+fn answer_rows(v: &serde_json::Value, cols: &[&str]) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            cols.iter()
+                .map(|c| r[*c].to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 /// The text of the plan of an EXPLAIN (ANALYZE) answer.
 fn plan_text(v: &serde_json::Value, plan_type: &str) -> String {
     v.as_array()
@@ -1328,13 +1342,7 @@ async fn dashboard_aggregates_fold_runs_and_keep_names_and_types() {
     assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
 
     let q = "SELECT room, date_bin(INTERVAL '5 minutes', time) AS b, max(t) AS m, count(*) AS n FROM env GROUP BY room, b ORDER BY room NULLS LAST, b";
-    let v = sql_ok(&app, "house", q).await;
-    let rows: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| format!("{} {} {} {}", r["room"], r["b"], r["m"], r["n"]))
-        .collect();
+    let rows = answer_rows(&sql_ok(&app, "house", q).await, &["room", "b", "m", "n"]);
     assert_eq!(
         rows,
         [
@@ -1362,13 +1370,7 @@ async fn dashboard_aggregates_fold_runs_and_keep_names_and_types() {
     // "time_bucket(..)"`, which was left to the hash aggregate alone before): the
     // buckets start 2 minutes past
     let q2 = "SELECT room, time_bucket(INTERVAL '5 minutes', time, TIMESTAMP '1970-01-01T00:02:00Z') AS b, max(t) AS m FROM env GROUP BY room, b ORDER BY room NULLS LAST, b";
-    let v = sql_ok(&app, "house", q2).await;
-    let rows: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| format!("{} {} {}", r["room"], r["b"], r["m"]))
-        .collect();
+    let rows = answer_rows(&sql_ok(&app, "house", q2).await, &["room", "b", "m"]);
     assert_eq!(
         rows,
         [
