@@ -4,7 +4,8 @@ For each (flush size, max buffer) pair, alternating over --rounds: start talo wi
 TALO_FLUSH_SIZE_MB / TALO_MAX_BUFFER_MB, load the smart-building data over HTTP line
 protocol (the compare loader), read the peak RSS (VmHWM) and stop. VictoriaMetrics is run
 in the same rounds as the reference the RSS target is stated against. Prints a markdown
-table of medians.
+table of medians. A setting may carry extra environment for talo after `+`
+(`16/128+MALLOC_ARENA_MAX=2+GLIBC_TUNABLES=...`), to compare allocator settings too.
 
 Usage (after `cargo build --release --bin talo --bench loadgen`):
   .venv/bin/python benches/buffer_sweep.py --talo target/release/talo \\
@@ -25,10 +26,10 @@ def main():
     p = argparse.ArgumentParser()
     compare.load_args(p, rounds=2)
     p.add_argument("--settings", default="256/1024,64/256,32/256,16/128",
-                   help="flush MiB/max buffer MiB[/compaction interval, e.g. off], comma-separated")
+                   help="flush MiB/max buffer MiB[/compaction interval, e.g. off][+ENV=value...], comma-separated")
     p.add_argument("--no-peer", action="store_true", help="skip VictoriaMetrics")
     args = p.parse_args()
-    settings = [tuple(s.split("/")) for s in args.settings.split(",")]
+    settings = [tuple(s.split("+")[0].split("/")) + tuple(s.split("+")[1:]) for s in args.settings.split(",")]
     work = tempfile.mkdtemp(prefix="talo-sweep-")
     rows = args.sensors * args.steps
     runs = [("talo", s) for s in settings] + ([] if args.no_peer else [("victoriametrics", None)])
@@ -38,13 +39,21 @@ def main():
         for rnd in range(args.rounds):
             for run in (runs if rnd % 2 == 0 else list(reversed(runs))):
                 name, s = run
+                extra = {}
                 if name == "talo":
                     os.environ["TALO_FLUSH_SIZE_MB"], os.environ["TALO_MAX_BUFFER_MB"] = s[:2]
-                    os.environ["TALO_COMPACTION_INTERVAL"] = s[2] if len(s) > 2 else "60s"
+                    plain = [x for x in s[2:] if "=" not in x]
+                    os.environ["TALO_COMPACTION_INTERVAL"] = plain[0] if plain else "60s"
+                    extra = dict(x.split("=", 1) for x in s[2:] if "=" in x)
                     sys_ = compare.Talo(args, work)
                 else:
                     sys_ = compare.Victoria(args, work)
-                sys_.start()
+                os.environ.update(extra)
+                try:
+                    sys_.start()
+                finally:
+                    for k in extra:
+                        os.environ.pop(k, None)
                 sys_.prepare()
                 r = compare.loader(args, sys_.write_url(), args.steps)
                 rss = compare.vm_hwm_kb(sys_.proc.pid) / 1024
