@@ -175,8 +175,13 @@ class Talo(System):
     name = "talo"
 
     def cmd(self):
+        # a partition quiet for 5 s merges its last small segments, as InfluxDB below
+        # fully compacts a shard cold for 5 s and VictoriaMetrics is force-merged: the
+        # settled size is then what each system's own compaction makes of the day
+        # (TALO_COMPACTION_COLD_AFTER in the environment overrides it, for A/B runs)
+        cold = [] if "TALO_COMPACTION_COLD_AFTER" in os.environ else ["--compaction-cold-after", "5s"]
         return [self.args.talo, "serve", "--data-dir", self.dir,
-                "--http-addr", f"127.0.0.1:{self.port}", "--mqtt-listen", "off"]
+                "--http-addr", f"127.0.0.1:{self.port}", "--mqtt-listen", "off"] + cold
 
     def ready(self):
         return status_is(self.port, "/ready", 200)

@@ -90,6 +90,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_COMPACTION_MIN_FILES", default_value_t = 8)]
     pub(crate) compaction_min_files: usize,
 
+    /// A partition that got no new segment for this long merges any run of two or more
+    /// small segments (the last flushes of a finished day); `off`: only runs of
+    /// `--compaction-min-files`.
+    #[arg(long, env = "TALO_COMPACTION_COLD_AFTER", value_parser = parse_interval_or_off, default_value = "1h")]
+    pub(crate) compaction_cold_after: MaybeInterval,
+
     /// Segments at least this large (MiB) are not merged further.
     #[arg(long, env = "TALO_COMPACTION_TARGET_MB", default_value_t = 256)]
     pub(crate) compaction_target_mb: u64,
@@ -226,6 +232,7 @@ impl ServeArgs {
                 target_bytes: self.compaction_target_mb << 20,
                 max_rows: self.compaction_max_rows,
                 zstd_level: self.compaction_zstd_level,
+                cold_after: self.compaction_cold_after.0,
             },
             segment: talo_engine::segment::SegmentOptions {
                 zstd_level: self.segment_zstd_level,

@@ -9,6 +9,16 @@
 //! adjacent, every segment of the partition outside it was either overwritten by all of
 //! the run or overwrites all of it, before and after: results do not change.
 //!
+//! A *quiet* partition, one that got no new segment for `cold_after` (yesterday's, once
+//! the late data has stopped), merges its small adjacent segments whatever their number
+//! (at least two): otherwise the last few flushes of a day, fewer than `min_files`, would
+//! stay small, compressed at the flush's level and opened by every query of that day,
+//! for ever. The quiet clock of a partition starts at startup (or when its newest flush
+//! is seen, whichever is later) and restarts with every flush into it (its highest
+//! precedence grows; a merge keeps its inputs' highest), so a partition still being
+//! written (a backfill) is not rewritten after every flush, and one quiet partition's
+//! merges follow each other in one pass.
+//!
 //! Segments whose time ranges overlap (writers sending interleaved or late times) are
 //! merged whatever their number ([`overlapping_window`]): until then every query over
 //! them merges copies at read time, on one thread. Such a run may exceed `max_rows`; its
@@ -82,6 +92,9 @@ pub struct CompactionConfig {
     /// the merge runs in the background, so it may spend more CPU than a flush
     /// (settled bytes per field value −7 % against level 3, benches/segment_sweep.py).
     pub zstd_level: i32,
+    /// A partition with no new segment for this long merges any run of two or more small
+    /// segments; `None` = only runs of `min_files`. Default 1 hour.
+    pub cold_after: Option<Duration>,
 }
 
 impl Default for CompactionConfig {
@@ -92,6 +105,7 @@ impl Default for CompactionConfig {
             target_bytes: 256 << 20,
             max_rows: 8 << 20,
             zstd_level: 7,
+            cold_after: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -116,6 +130,44 @@ pub(crate) struct Compactor {
     pub metrics: Arc<EngineMetrics>,
     /// Replaced segments waiting until no snapshot holds them.
     pub graveyard: Vec<Arc<SegmentMeta>>,
+    pub quiet: Quiet,
+}
+
+/// When each partition last got a new segment (as far as this process has seen).
+#[derive(Debug)]
+pub(crate) struct Quiet {
+    started: Instant,
+    /// (db, table, partition) → (its highest precedence, when that was first seen).
+    newest: std::collections::HashMap<(String, String, i64), (u64, Instant)>,
+    /// The soonest moment a partition with a run of small segments turns quiet.
+    next: Option<Instant>,
+}
+
+impl Default for Quiet {
+    fn default() -> Self {
+        Quiet {
+            started: Instant::now(),
+            newest: Default::default(),
+            next: None,
+        }
+    }
+}
+
+impl Quiet {
+    /// Since when the partition `key`, whose highest precedence is `newest`, has been
+    /// quiet.
+    fn since(&mut self, key: (&str, &str, i64), newest: u64, now: Instant) -> Instant {
+        let started = self.started;
+        let e = self
+            .newest
+            .entry((key.0.to_string(), key.1.to_string(), key.2))
+            // first seen: it has been quiet at least since startup
+            .or_insert((newest, started));
+        if e.0 != newest {
+            *e = (newest, now);
+        }
+        e.1
+    }
 }
 
 impl Compactor {
@@ -154,6 +206,10 @@ impl Compactor {
             if let Err(e) = &res {
                 inc(&self.metrics.compaction_errors, 1);
                 tracing::error!(error = %e, "compaction failed; will retry");
+            }
+            // come back when the next partition turns quiet, if before the timer
+            if let Some(at) = self.quiet.next.take() {
+                next_wait = wait.min(at.saturating_duration_since(Instant::now()));
             }
             self.bury();
             if let Some(resp) = req {
@@ -247,8 +303,9 @@ impl Compactor {
         }
     }
 
-    /// The first run worth merging: adjacent small segments of one partition.
-    fn pick(&self) -> Option<Vec<Arc<SegmentMeta>>> {
+    /// The first run worth merging: adjacent small segments of one partition, at least
+    /// `min_files` of them, or two in a quiet partition.
+    fn pick(&mut self) -> Option<Vec<Arc<SegmentMeta>>> {
         let c = &self.cfg.compaction;
         let snap = self.state.load();
         let mut parts: BTreeMap<(&str, &str, i64), Vec<&Arc<SegmentMeta>>> = BTreeMap::new();
@@ -258,7 +315,26 @@ impl Compactor {
                 .or_default()
                 .push(s);
         }
-        for (_, mut segs) in parts {
+        let now = Instant::now();
+        self.quiet
+            .newest
+            .retain(|k, _| parts.contains_key(&(k.0.as_str(), k.1.as_str(), k.2)));
+        self.quiet.next = None;
+        for (key, mut segs) in parts {
+            let newest = segs.iter().map(|s| s.precedence()).max().unwrap_or(0);
+            let since = self.quiet.since(key, newest, now);
+            let min_files = match c.cold_after {
+                Some(d) if now >= since + d => 2,
+                Some(d) => {
+                    let small = segs.iter().filter(|s| s.bytes < c.target_bytes).count();
+                    if small >= 2 {
+                        let at = since + d;
+                        self.quiet.next = Some(self.quiet.next.map_or(at, |n| n.min(at)));
+                    }
+                    c.min_files.max(2)
+                }
+                None => c.min_files.max(2),
+            };
             segs.sort_by_key(|s| s.precedence());
             // maximal runs of adjacent small segments
             for run in segs.split(|s| s.bytes >= c.target_bytes) {
@@ -270,7 +346,7 @@ impl Compactor {
                 for s in run {
                     if !sub.is_empty() && (rows + s.rows > c.max_rows || sub.len() >= MAX_RUN_FILES)
                     {
-                        if sub.len() >= c.min_files.max(2) {
+                        if sub.len() >= min_files {
                             return Some(sub);
                         }
                         sub.clear();
@@ -279,7 +355,7 @@ impl Compactor {
                     rows += s.rows;
                     sub.push(Arc::clone(s));
                 }
-                if sub.len() >= c.min_files.max(2) {
+                if sub.len() >= min_files {
                     return Some(sub);
                 }
             }

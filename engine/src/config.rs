@@ -88,6 +88,11 @@ impl EngineConfig {
         if self.compaction.interval.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config("compaction interval must be > 0".into()));
         }
+        if self.compaction.cold_after.is_some_and(|d| d.is_zero()) {
+            return Err(Error::Config(
+                "compaction cold-after must be > 0 (or off)".into(),
+            ));
+        }
         if self.max_group_bytes == 0 {
             return Err(Error::Config("max group bytes must be > 0".into()));
         }

@@ -212,6 +212,7 @@ pub(crate) fn open(config: EngineConfig, queue: usize) -> Result<Arc<Engine>> {
         halt: Arc::clone(&compact_halt),
         metrics: Arc::clone(&metrics),
         graveyard: Vec::new(),
+        quiet: crate::compact::Quiet::default(),
     };
     let (compact_tx, compact_rx) = bounded(16);
     let flusher = Flusher {

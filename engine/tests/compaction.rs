@@ -664,3 +664,73 @@ fn merges_keep_short_decimal_floats_exact() {
     assert_eq!(materialize(&engine), model);
     engine.shutdown().unwrap();
 }
+
+/// A quiet partition (no new segment for `cold_after`) merges its run of small segments
+/// even when it is shorter than `min_files`; a partition that is not quiet yet keeps
+/// them. The compactor wakes by itself when a partition turns quiet (the timer here is an
+/// hour, the first pass 5 s after startup).
+#[test]
+fn quiet_partitions_merge_their_last_small_segments() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = BTreeMap::new();
+    // not quiet for an hour: three flushes stay three segments per partition
+    let mut cfg = config(dir.path(), 8, 1 << 30);
+    cfg.compaction.cold_after = Some(std::time::Duration::from_secs(3600));
+    let engine = Engine::open(cfg.clone()).unwrap();
+    // an hour apart: segments that do not overlap (overlapping ones merge anyway)
+    let hour = 3_600_000_000_000;
+    for round in 0..3 {
+        write_day(&engine, T0 + round * hour, round, 50, &mut model);
+    }
+    assert_eq!(engine.compact_blocking().unwrap(), 0);
+    assert_eq!(segments_in(&engine, T0), 3);
+    engine.shutdown().unwrap();
+    drop(engine);
+
+    // quiet after 300 ms, compaction timer an hour away: the compactor wakes for it
+    cfg.compaction.cold_after = Some(std::time::Duration::from_millis(300));
+    cfg.compaction.interval = Some(std::time::Duration::from_secs(3600));
+    let opened = std::time::Instant::now();
+    let engine = Engine::open(cfg).unwrap();
+    write_day(&engine, T0 + DAY, 0, 50, &mut model);
+    write_day(&engine, T0 + DAY + hour, 1, 50, &mut model);
+    let deadline = opened + std::time::Duration::from_secs(30);
+    while segments_in(&engine, T0) + segments_in(&engine, T0 + DAY) != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} + {} segments",
+            segments_in(&engine, T0),
+            segments_in(&engine, T0 + DAY)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        opened.elapsed() < std::time::Duration::from_secs(5),
+        "merged only after {:?}: the first timer pass, not the quiet wake-up, did it",
+        opened.elapsed()
+    );
+    assert_eq!(materialize(&engine), model);
+    engine.shutdown().unwrap();
+    drop(engine);
+
+    // a quiet partition's merges follow each other in one pass: a merge's output keeps
+    // its inputs' precedence, so it does not restart the partition's quiet clock
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 8, 1 << 30);
+    cfg.compaction.max_rows = 100; // two 50-row flushes per merge
+    cfg.compaction.cold_after = Some(std::time::Duration::from_millis(1));
+    let engine = Engine::open(cfg).unwrap();
+    let mut model = BTreeMap::new();
+    for round in 0..4 {
+        write_day(&engine, T0 + round * hour, round, 50, &mut model);
+    }
+    assert_eq!(segments_in(&engine, T0), 4);
+    assert_eq!(
+        engine.compact_blocking().unwrap(),
+        2,
+        "both merges in one pass"
+    );
+    assert_eq!(segments_in(&engine, T0), 2);
+    assert_eq!(materialize(&engine), model);
+}
