@@ -90,7 +90,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TALO_COMPACTION_MIN_FILES", default_value_t = 8)]
     pub(crate) compaction_min_files: usize,
 
-    /// A partition that got no new segment for this long merges any run of two or more
+    /// A partition that got no flush for this long merges any run of two or more
     /// small segments (the last flushes of a finished day); `off`: only runs of
     /// `--compaction-min-files`.
     #[arg(long, env = "TALO_COMPACTION_COLD_AFTER", value_parser = parse_interval_or_off, default_value = "1h")]

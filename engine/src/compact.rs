@@ -9,7 +9,7 @@
 //! adjacent, every segment of the partition outside it was either overwritten by all of
 //! the run or overwrites all of it, before and after: results do not change.
 //!
-//! A *quiet* partition, one that got no new segment for `cold_after` (yesterday's, once
+//! A *quiet* partition, one that got no flush for `cold_after` (yesterday's, once
 //! the late data has stopped), merges its small adjacent segments whatever their number
 //! (at least two): otherwise the last few flushes of a day, fewer than `min_files`, would
 //! stay small, compressed at the flush's level and opened by every query of that day,
@@ -92,8 +92,8 @@ pub struct CompactionConfig {
     /// the merge runs in the background, so it may spend more CPU than a flush
     /// (settled bytes per field value −7 % against level 3, benches/segment_sweep.py).
     pub zstd_level: i32,
-    /// A partition with no new segment for this long merges any run of two or more small
-    /// segments; `None` = only runs of `min_files`. Default 1 hour.
+    /// A partition with no flush into it for this long merges any run of two or more
+    /// small segments; `None` = only runs of `min_files`. Default 1 hour.
     pub cold_after: Option<Duration>,
 }
 
@@ -133,7 +133,7 @@ pub(crate) struct Compactor {
     pub quiet: Quiet,
 }
 
-/// When each partition last got a new segment (as far as this process has seen).
+/// When each partition last got a flush (as far as this process has seen).
 #[derive(Debug)]
 pub(crate) struct Quiet {
     started: Instant,
