@@ -473,6 +473,26 @@ fn retention_drops_expired_segments() {
     );
 }
 
+/// Poll (30 s deadline from `opened`) until `merged()` holds, then check it held before
+/// the compactor's first timer pass (5 s after startup): `cause` did the merging.
+fn merged_before_first_timer_pass(
+    opened: std::time::Instant,
+    merged: impl Fn() -> bool,
+    state: impl Fn() -> String,
+    cause: &str,
+) {
+    let deadline = opened + std::time::Duration::from_secs(30);
+    while !merged() {
+        assert!(std::time::Instant::now() < deadline, "{}", state());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        opened.elapsed() < std::time::Duration::from_secs(5),
+        "merged only after {:?}: the first timer pass, not {cause}, did it",
+        opened.elapsed()
+    );
+}
+
 /// A flush wakes the compactor: a partition that gathers `min_files` small segments is
 /// merged at once, not when the timer (an hour here; the first pass 5 s after startup)
 /// comes round. With 16 MiB flushes under heavy ingest, partitions gather small
@@ -490,19 +510,11 @@ fn a_flush_wakes_compaction() {
         write_round(&engine, round, 40, &mut model);
     }
     // 4 flushes × 3 day partitions, merged into one segment per partition
-    let deadline = opened + std::time::Duration::from_secs(30);
-    while engine.snapshot().segments.len() != 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {} segments",
-            engine.snapshot().segments.len()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(
-        opened.elapsed() < std::time::Duration::from_secs(5),
-        "merged only after {:?}: the first timer pass, not the flush, did it",
-        opened.elapsed()
+    merged_before_first_timer_pass(
+        opened,
+        || engine.snapshot().segments.len() == 3,
+        || format!("still {} segments", engine.snapshot().segments.len()),
+        "the flush",
     );
     assert_eq!(materialize(&engine), model);
     engine.shutdown().unwrap();
@@ -695,20 +707,17 @@ fn quiet_partitions_merge_their_last_small_segments() {
     let engine = Engine::open(cfg).unwrap();
     write_day(&engine, T0 + DAY, 0, 50, &mut model);
     write_day(&engine, T0 + DAY + hour, 1, 50, &mut model);
-    let deadline = opened + std::time::Duration::from_secs(30);
-    while segments_in(&engine, T0) + segments_in(&engine, T0 + DAY) != 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {} + {} segments",
-            segments_in(&engine, T0),
-            segments_in(&engine, T0 + DAY)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    assert!(
-        opened.elapsed() < std::time::Duration::from_secs(5),
-        "merged only after {:?}: the first timer pass, not the quiet wake-up, did it",
-        opened.elapsed()
+    merged_before_first_timer_pass(
+        opened,
+        || segments_in(&engine, T0) + segments_in(&engine, T0 + DAY) == 2,
+        || {
+            format!(
+                "still {} + {} segments",
+                segments_in(&engine, T0),
+                segments_in(&engine, T0 + DAY)
+            )
+        },
+        "the quiet wake-up",
     );
     assert_eq!(materialize(&engine), model);
     engine.shutdown().unwrap();
