@@ -201,10 +201,14 @@ proptest! {
         let snap = e.snapshot();
         let mut seen: std::collections::BTreeMap<(String, i64), i64> = Default::default();
         if let Some(t) = snap.table("house", "env") {
-            // segments are older than buffer chunks; apply them first
+            // segments are older than buffer chunks; apply them first, in precedence order
+            // (a merge's output is listed last but keeps its inputs' precedence: a flush
+            // published while it ran is newer)
             let schema = t.table.schema();
             let mut batches = Vec::new();
-            for s in &t.segments { batches.extend(talo_engine::reader::read_segment(dir.path(), s, &schema).unwrap()); }
+            let mut segments: Vec<_> = t.segments.iter().collect();
+            segments.sort_by_key(|s| s.precedence());
+            for s in segments { batches.extend(talo_engine::reader::read_segment(dir.path(), s, &schema).unwrap()); }
             for c in &t.chunks { batches.push(talo_engine::buffer::align_batch(&c.batch, &schema).unwrap()); }
             for b in batches {
                 use arrow::array::{Array, AsArray};
