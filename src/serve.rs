@@ -31,7 +31,8 @@ const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let engine_config = args.engine_config();
-    engine_config.validate().context("invalid configuration")?;
+    // the engine's error already reads "invalid configuration: …"
+    engine_config.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("talo-io")

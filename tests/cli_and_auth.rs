@@ -28,6 +28,18 @@ fn curl_status(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `talo serve` on an ephemeral HTTP port with `args`, expected to stop by itself (a
+/// startup error): its exit status and output.
+fn serve_until_exit(args: &[&str], data_dir: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["serve", "--http-addr", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn tokens_from_config_file_and_cli_clients() {
     let dir = tempfile::tempdir().unwrap();
@@ -134,18 +146,7 @@ fn tokens_from_config_file_and_cli_clients() {
 
     // a bad token section stops startup with a clear message
     std::fs::write(&cfg, "[[tokens]]\nname = \"x\"\ntoken = \"short\"\ndatabases = [\"a\"]\npermissions = [\"read\"]\n").unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--http-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("d2"))
-        .output()
-        .unwrap();
+    let out = serve_until_exit(&["--config", cfg.to_str().unwrap()], &dir.path().join("d2"));
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("at least 16"),
@@ -157,6 +158,26 @@ fn tokens_from_config_file_and_cli_clients() {
 /// `--data-dir data` (relative, no `./`) works: the parent of the directory is the
 /// working directory, which must be fsynced like any other, and queries find the flushed
 /// segments (they were once looked up at `/data/...`, relative to the root).
+/// A setting the engine rejects stops startup with a clear message: what is wrong, its
+/// prefix said once ("invalid configuration: compaction cold-after must be > 0 …").
+#[test]
+fn invalid_engine_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = serve_until_exit(
+        &["--mqtt-listen", "off", "--compaction-cold-after", "0s"],
+        &dir.path().join("d"),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("compaction cold-after must be > 0"), "{err}");
+    // (said on the log line and on the final `talo: ...` line, each once)
+    assert!(
+        err.contains("talo: invalid configuration: compaction cold-after")
+            && !err.contains("invalid configuration: invalid configuration"),
+        "{err}"
+    );
+}
+
 #[test]
 fn relative_data_dir() {
     let cwd = tempfile::tempdir().unwrap();
@@ -226,18 +247,7 @@ fn taken_mqtt_port() {
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let a = taken.local_addr().unwrap().to_string();
-    let out = Command::new(BIN)
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--mqtt-listen",
-            &a,
-            "--data-dir",
-        ])
-        .arg(dir.path().join("b"))
-        .output()
-        .unwrap();
+    let out = serve_until_exit(&["--mqtt-listen", &a], &dir.path().join("b"));
     assert!(!out.status.success());
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("binding the MQTT address"), "{msg}");
