@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on Debian/Ubuntu:
 # installs what the tests need (curl, openssl, Mosquitto and its clients, Python with pyarrow,
-# duckdb, openapi-spec-validator and paho-mqtt in .venv; debootstrap and docker-compose when a
-# Docker engine answers), then checks formatting and lints and runs every test.
+# duckdb, openapi-spec-validator, paho-mqtt and schemathesis in .venv; debootstrap and
+# docker-compose when a Docker engine answers), then checks formatting and lints and runs every
+# test.
 # The container tests (tests/docker.rs) run whenever a Docker engine answers; without one they
 # are SKIPPED, unless TALO_REQUIRE_DOCKER=1 (.ci/run), which makes a missing engine a failure.
 set -euo pipefail
@@ -29,7 +30,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # pyarrow 18.1 or later: older ones refuse the decimal64 columns talo writes for short-decimal floats
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyarrow, duckdb, openapi_spec_validator, paho.mqtt.client; assert tuple(int(x) for x in pyarrow.__version__.split(".")[:2]) >= (18, 1)' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import pyarrow, duckdb, openapi_spec_validator, paho.mqtt.client, schemathesis; assert tuple(int(x) for x in pyarrow.__version__.split(".")[:2]) >= (18, 1)' 2>/dev/null; then
   echo "== creating .venv with the Python test readers"
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r tests/py/requirements.txt

@@ -80,3 +80,43 @@ impl IntoResponse for ApiError {
         (self.status(), Json(json!({ "error": self.to_string() }))).into_response()
     }
 }
+
+/// The query string parsed into `T` (`axum`'s `Query`), with a malformed, repeated or
+/// wrongly typed parameter answered like every other bad request, `400
+/// {"error": ...}`, instead of `axum`'s plain-text rejection.
+pub(crate) struct Params<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(t)| Params(t))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// One path segment (`axum`'s `Path<String>`), a segment that is not UTF-8 once
+/// percent-decoded answered as `400 {"error": ...}`.
+pub(crate) struct PathParam(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(p)| PathParam(p))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}

@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -36,6 +36,7 @@ use write::Endpoint;
 
 pub use auth::{Auth, Permission, TokenConfig};
 pub use error::ApiError;
+use error::{Params, PathParam};
 pub use executor::{PlanCacheStats, QueryConfig, QueryExecutor};
 
 /// HTTP settings.
@@ -230,7 +231,7 @@ fn retention_json(rules: &talo_engine::retention::RetentionRules, db: &str) -> s
 /// "30d" | null}}`: change retention at runtime (write permission on the database).
 async fn put_database(
     State(s): State<Arc<AppState>>,
-    axum::extract::Path(db): axum::extract::Path<String>,
+    PathParam(db): PathParam,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -294,7 +295,7 @@ struct TablesParams {
 async fn tables(
     State(s): State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
-    Query(p): Query<TablesParams>,
+    Params(p): Params<TablesParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let db = p.db.unwrap_or_else(|| "default".to_string());
     s.config

@@ -50,7 +50,7 @@ pub(crate) fn document() -> Value {
     json!({
         "openapi": "3.0.3",
         "info": {"title": "talo", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "IoT time-series ingestion and storage: line-protocol writes, SQL queries."},
+                 "description": "IoT time-series ingestion and storage: line-protocol writes, SQL queries. A token (Authorization: Bearer or Token, or the p parameter of the v1 write) is required once the server has tokens configured."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
@@ -61,7 +61,8 @@ pub(crate) fn document() -> Value {
                 }}
             }
         },
-        "security": [{"bearer": []}],
+        // a token is needed only when the server has tokens configured ({} = none)
+        "security": [{"bearer": []}, {}],
         "paths": {
             "/api/v1/query": {
                 "get": {"summary": "Run a read-only SQL query", "parameters": query_params, "responses": query_responses},

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use crate::error::Params;
 use crate::executor::{QueryError, QueryOutput, QueryStream};
 use crate::{ApiError, AppState};
 
@@ -59,7 +60,7 @@ impl Format {
 
 pub(crate) async fn query_get(
     State(s): State<Arc<AppState>>,
-    Query(p): Query<QueryParams>,
+    Params(p): Params<QueryParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     run(&s, p, &headers).await
@@ -70,7 +71,7 @@ const MAX_SQL_BYTES: usize = 1 << 20;
 
 pub(crate) async fn query_post(
     State(s): State<Arc<AppState>>,
-    Query(mut p): Query<QueryParams>,
+    Params(mut p): Params<QueryParams>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {

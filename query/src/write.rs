@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use serde_json::json;
 use talo_ingest::{LineError, Precision, write_lines};
 
+use crate::error::Params;
 use crate::{ApiError, AppState};
 
 /// Bodies larger than this are parsed on the blocking pool, not on a runtime worker.
@@ -80,7 +81,7 @@ fn target(endpoint: Endpoint, p: &WriteParams) -> Result<WriteTarget, ApiError> 
 pub(crate) async fn write(
     endpoint: Endpoint,
     State(s): State<Arc<AppState>>,
-    Query(p): Query<WriteParams>,
+    Params(p): Params<WriteParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
