@@ -19,15 +19,6 @@ fn cli(talo: &Talo, args: &[&str], token: Option<&str>) -> std::process::Output 
     c.output().unwrap()
 }
 
-fn curl_status(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `talo serve` on an ephemeral HTTP port with `args`, expected to stop by itself (a
 /// startup error): its exit status and output.
 fn serve_until_exit(args: &[&str], data_dir: &std::path::Path) -> std::process::Output {

@@ -135,36 +135,75 @@ fn every_format_decodes_in_foreign_readers() {
 /// (schemathesis: coverage of every parameter's edge values, then random fuzzing) get
 /// no 5xx, only documented statuses and content types, JSON errors shaped as
 /// documented; the server stays up and the data written before is all still there.
+/// Once without tokens, then with tokens configured, sending a valid and a wrong one.
 #[test]
 fn api_fuzzed_from_its_openapi_document() {
+    const TOKEN: &str = "fuzz-token-0123456789abcdef";
+    const WRONG: &str = "Authorization: Bearer wrong-token-0000000000000";
     let dir = tempfile::tempdir().unwrap();
-    let talo = Talo::start_ready(dir.path(), &[]);
+    let open = Talo::start_ready(&dir.path().join("open"), &[]);
+    let secured_dir = dir.path().join("secured");
+    std::fs::create_dir_all(&secured_dir).unwrap();
+    let secured = Talo::start_with_config(
+        &secured_dir,
+        &format!(
+            "[[tokens]]\nname = \"rw\"\ntoken = \"{TOKEN}\"\ndatabases = [\"default\", \"fuzz_guard\"]\npermissions = [\"read\", \"write\"]\n"
+        ),
+        &[],
+    );
     let body: String = (0..200i64)
         .map(|i| format!("env,room=r{} temp={} {}\n", i % 7, i, 1_764_028_800 + i))
         .collect();
-    let (s, t) = post(
-        &talo.url("/api/v1/write?db=fuzz_guard&precision=s"),
-        body.as_bytes(),
-    )
-    .unwrap();
-    assert_eq!(s, 204, "{t}");
-    // /api/v1/tables and the queries find a database to work on
-    let (s, t) = post(&talo.url("/api/v1/write?db=default"), b"env temp=1 1\n").unwrap();
-    assert_eq!(s, 204, "{t}");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let runs: [(&Talo, Option<&str>); 3] = [
+        (&open, None),
+        (&secured, Some(WRONG)),
+        (&secured, Some(auth.as_str())),
+    ];
+    for (talo, header) in runs {
+        let curl_auth = header.map(|h| vec!["-H", h]).unwrap_or_default();
+        // data the fuzzing must leave alone, and a database for /api/v1/tables and the
+        // queries to find
+        for (db, lines) in [("fuzz_guard", body.as_str()), ("default", "env temp=1 1\n")] {
+            let url = talo.url(&format!("/api/v1/write?db={db}&precision=s"));
+            let mut args = curl_auth.clone();
+            args.extend(["--data-binary", lines, url.as_str()]);
+            let want = if header == Some(WRONG) { "401" } else { "204" };
+            assert_eq!(curl_status(&args), want, "{db}");
+        }
+        let mut args = vec![talo.url(""), "30".to_string()];
+        args.extend(header.map(str::to_string));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let v = py_json("api_fuzz.py", &args);
+        assert_eq!(
+            v["ok"],
+            true,
+            "{header:?}: {}",
+            v["tail"].as_str().unwrap_or("")
+        );
+        assert!(v["cases"].as_u64().unwrap() >= 200, "{v}");
 
-    let v = py_json("api_fuzz.py", &[&talo.url(""), "30"]);
-    assert_eq!(v["ok"], true, "{}", v["tail"].as_str().unwrap_or(""));
-    assert!(v["cases"].as_u64().unwrap() >= 200, "{v}");
-
-    let (s, _) = get(&talo.url("/health")).unwrap();
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-f", "-G"])
+            .args(&curl_auth)
+            .arg(talo.url("/api/v1/query"))
+            .args(["--data-urlencode", "db=fuzz_guard"])
+            .args([
+                "--data-urlencode",
+                "sql=SELECT count(*) AS n, sum(temp) AS s FROM env",
+            ])
+            .output()
+            .unwrap();
+        if header == Some(WRONG) {
+            // the wrong token reads nothing; the valid one, next, checks the data
+            assert!(!out.status.success());
+            continue;
+        }
+        assert!(out.status.success(), "{header:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v[0]["n"], 200, "{v}");
+        assert_eq!(v[0]["s"].as_f64(), Some(19900.0), "{v}");
+    }
+    let (s, _) = get(&open.url("/health")).unwrap();
     assert_eq!(s, 200);
-    let (s, t) = get(&talo.url(&format!(
-        "/api/v1/query?db=fuzz_guard&sql={}",
-        url_encode("SELECT count(*) AS n, sum(temp) AS s FROM env")
-    )))
-    .unwrap();
-    assert_eq!(s, 200, "{t}");
-    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-    assert_eq!(v[0]["n"], 200, "{t}");
-    assert_eq!(v[0]["s"].as_f64(), Some(19900.0), "{t}");
 }

@@ -50,23 +50,15 @@ fn writes_are_stored_as_parquet_that_other_readers_understand() {
     };
     let gz_path = dir.path().join("body.gz");
     std::fs::write(&gz_path, gz).unwrap();
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-XPOST",
-            "-H",
-            "Content-Encoding: gzip",
-            "--data-binary",
-        ])
-        .arg(format!("@{}", gz_path.display()))
-        .arg(talo.url("/api/v2/write?bucket=house&precision=s"))
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "204");
+    let status = curl_status(&[
+        "-XPOST",
+        "-H",
+        "Content-Encoding: gzip",
+        "--data-binary",
+        &format!("@{}", gz_path.display()),
+        &talo.url("/api/v2/write?bucket=house&precision=s"),
+    ]);
+    assert_eq!(status, "204");
 
     // a partial write: the good line is stored, the bad ones are listed
     let (status, text) = post(

@@ -33,7 +33,17 @@ fn write_op(summary: &str, db_param: &str) -> Value {
 
 /// The document.
 pub(crate) fn document() -> Value {
-    let mut query_responses = error_responses(&["400", "401", "403", "413", "429", "504"]);
+    let mut query_responses = error_responses(&["400", "401", "403", "413", "429", "503", "504"]);
+    // every operation behind the token check answers 401 (once tokens are configured) and
+    // 503 while the write-ahead log is replayed
+    let mut databases_responses = error_responses(&["401", "503"]);
+    databases_responses["200"] = json!({"description": "databases"});
+    let mut put_db_responses = error_responses(&["400", "401", "403", "503"]);
+    put_db_responses["200"] = json!({"description": "the database's retention now"});
+    let mut tables_responses = error_responses(&["400", "401", "403", "404", "503"]);
+    tables_responses["200"] = json!({"description": "tables"});
+    let mut metrics_responses = error_responses(&["401"]);
+    metrics_responses["200"] = json!({"description": "text exposition format"});
     query_responses["200"] = json!({"description": "rows", "content": {
         "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
         "application/x-ndjson": {"schema": {"type": "string"}},
@@ -76,19 +86,19 @@ pub(crate) fn document() -> Value {
             "/write": write_op("InfluxDB v1 write", "db"),
             "/api/v2/write": write_op("InfluxDB v2 write", "bucket"),
             "/api/v3/write_lp": write_op("InfluxDB v3 write", "db"),
-            "/api/v1/databases": {"get": {"summary": "Databases the token may read", "responses": {"200": {"description": "databases"}}}},
+            "/api/v1/databases": {"get": {"summary": "Databases the token may read", "responses": databases_responses}},
             "/api/v1/databases/{db}": {"put": {"summary": "Change a database's retention (and per-table overrides) at runtime",
                 "parameters": [{"name": "db", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
                     "properties": {"retention": {"type": "string", "nullable": true, "example": "30d"},
                                    "tables": {"type": "object", "additionalProperties": {"type": "string", "nullable": true}}}}}}},
-                "responses": {"200": {"description": "the database's retention now"}, "400": {"description": "bad setting"}, "401": {"description": "no token"}, "403": {"description": "no write permission"}}}},
+                "responses": put_db_responses}},
             "/api/v1/tables": {"get": {"summary": "Tables of a database with columns, types and roles",
                 "parameters": [{"name": "db", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "tables"}, "403": {"description": "forbidden"}, "404": {"description": "no such database"}}}},
+                "responses": tables_responses}},
             "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
             "/ready": {"get": {"summary": "Readiness (WAL replayed)", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "starting"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": metrics_responses}},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3"}}}}
         }
     })

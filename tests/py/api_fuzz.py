@@ -1,6 +1,6 @@
 """Fuzz talo's HTTP API from its own OpenAPI document with schemathesis.
 
-usage: api_fuzz.py URL [MAX_EXAMPLES]
+usage: api_fuzz.py URL [MAX_EXAMPLES [HEADER]]   (HEADER e.g. "Authorization: Bearer x")
 prints {"ok": bool, "cases": n, "tail": "..."}
 
 Checks: no 5xx answer, every status and content type is one the document lists, and
@@ -16,11 +16,12 @@ import sys
 def main():
     url = sys.argv[1].rstrip("/")
     examples = sys.argv[2] if len(sys.argv) > 2 else "30"
+    header = ["-H", sys.argv[3]] if len(sys.argv) > 3 else []
     cli = os.path.join(os.path.dirname(sys.executable), "schemathesis")
     cmd = [cli, "run", f"{url}/api/v1/openapi.json", "--url", url,
            "--checks", "not_a_server_error,status_code_conformance,"
                        "content_type_conformance,response_schema_conformance",
-           "--max-examples", examples, "--seed", "20261127", "--no-color"]
+           "--max-examples", examples, "--seed", "20261127", "--no-color"] + header
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = p.stdout
     m = re.search(r"(\d+) generated", out)

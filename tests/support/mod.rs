@@ -188,6 +188,16 @@ pub fn py_json(script: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("script output is JSON")
 }
 
+/// The HTTP status `curl` gets with `args` (its options, then the URL).
+pub fn curl_status(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Percent-encode a query-string value.
 pub fn url_encode(s: &str) -> String {
     s.bytes()
