@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 
 def main():
@@ -22,7 +23,10 @@ def main():
            "--checks", "not_a_server_error,status_code_conformance,"
                        "content_type_conformance,response_schema_conformance",
            "--max-examples", examples, "--seed", "20261127", "--no-color"] + header
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # schemathesis keeps its example database in the working directory: not in the tree
+    with tempfile.TemporaryDirectory() as cwd:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           cwd=cwd)
     out = p.stdout
     m = re.search(r"(\d+) generated", out)
     print(json.dumps({"ok": p.returncode == 0, "cases": int(m.group(1)) if m else 0,
