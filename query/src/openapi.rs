@@ -13,7 +13,18 @@ fn error_responses(codes: &[&str]) -> Value {
     Value::Object(m)
 }
 
-fn write_op(summary: &str, db_param: &str) -> Value {
+/// A database name as the engine accepts it (`talo_engine::model::validate_db_name`).
+fn db_name() -> Value {
+    json!({"type": "string", "pattern": "^[A-Za-z0-9-][A-Za-z0-9_-]{0,63}$"})
+}
+
+/// A write endpoint whose database comes in `db_param`: required unless the endpoint
+/// defaults it (talo's own, to `default`); a v2 `bucket` may be `db/retention-policy`.
+fn write_op(summary: &str, db_param: &str, required: bool) -> Value {
+    let mut db = db_name();
+    if db_param == "bucket" {
+        db["pattern"] = json!("^[A-Za-z0-9-][A-Za-z0-9_-]{0,63}(/.*)?$");
+    }
     let mut responses = error_responses(&["401", "403", "413", "503"]);
     responses["204"] = json!({"description": "all rows durable"});
     responses["400"] = json!({"description": "some lines rejected (the others are stored unless accept_partial=false)",
@@ -21,7 +32,7 @@ fn write_op(summary: &str, db_param: &str) -> Value {
     json!({"post": {
         "summary": summary,
         "parameters": [
-            {"name": db_param, "in": "query", "schema": {"type": "string"}},
+            {"name": db_param, "in": "query", "required": required, "schema": db},
             {"name": "precision", "in": "query", "schema": {"type": "string", "enum": ["ns", "us", "ms", "s", "n", "u", "m", "h", "nanosecond", "microsecond", "millisecond", "second", "auto"]}},
             {"name": "accept_partial", "in": "query", "schema": {"type": "boolean", "default": true}},
             {"name": "p", "in": "query", "description": "token (InfluxDB v1 password)", "schema": {"type": "string"}}
@@ -51,11 +62,12 @@ pub(crate) fn document() -> Value {
         "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "format": "binary"}},
         "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}
     }});
+    let formats = json!({"type": "string", "enum": ["json", "jsonl", "csv", "arrow", "parquet"]});
     let query_params = json!([
         {"name": "sql", "in": "query", "schema": {"type": "string"}},
         {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "alias of sql"},
-        {"name": "db", "in": "query", "schema": {"type": "string", "default": "default"}},
-        {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "jsonl", "csv", "arrow", "parquet"], "default": "json"}}
+        {"name": "db", "in": "query", "schema": {"allOf": [db_name()], "default": "default"}},
+        {"name": "format", "in": "query", "schema": {"allOf": [formats], "default": "json"}}
     ]);
     json!({
         "openapi": "3.0.3",
@@ -78,23 +90,23 @@ pub(crate) fn document() -> Value {
                 "get": {"summary": "Run a read-only SQL query", "parameters": query_params, "responses": query_responses},
                 "post": {"summary": "Run a read-only SQL query (JSON body {sql, db, format} or text/plain SQL)", "parameters": query_params,
                          "requestBody": {"content": {
-                            "application/json": {"schema": {"type": "object", "properties": {"sql": {"type": "string"}, "db": {"type": "string"}, "format": {"type": "string"}}}},
+                            "application/json": {"schema": {"type": "object", "properties": {"sql": {"type": "string"}, "db": db_name(), "format": formats}}},
                             "text/plain": {"schema": {"type": "string"}}}},
                          "responses": query_responses}
             },
-            "/api/v1/write": write_op("Write line protocol", "db"),
-            "/write": write_op("InfluxDB v1 write", "db"),
-            "/api/v2/write": write_op("InfluxDB v2 write", "bucket"),
-            "/api/v3/write_lp": write_op("InfluxDB v3 write", "db"),
+            "/api/v1/write": write_op("Write line protocol (database `default` unless db=)", "db", false),
+            "/write": write_op("InfluxDB v1 write", "db", true),
+            "/api/v2/write": write_op("InfluxDB v2 write", "bucket", true),
+            "/api/v3/write_lp": write_op("InfluxDB v3 write", "db", true),
             "/api/v1/databases": {"get": {"summary": "Databases the token may read", "responses": databases_responses}},
             "/api/v1/databases/{db}": {"put": {"summary": "Change a database's retention (and per-table overrides) at runtime",
-                "parameters": [{"name": "db", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "parameters": [{"name": "db", "in": "path", "required": true, "schema": db_name()}],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "additionalProperties": false,
                     "properties": {"retention": {"type": "string", "nullable": true, "example": "30d"},
                                    "tables": {"type": "object", "additionalProperties": {"type": "string", "nullable": true}}}}}}},
                 "responses": put_db_responses}},
             "/api/v1/tables": {"get": {"summary": "Tables of a database with columns, types and roles",
-                "parameters": [{"name": "db", "in": "query", "schema": {"type": "string"}}],
+                "parameters": [{"name": "db", "in": "query", "schema": db_name()}],
                 "responses": tables_responses}},
             "/health": {"get": {"summary": "Liveness", "security": [], "responses": {"200": {"description": "alive"}}}},
             "/ready": {"get": {"summary": "Readiness (WAL replayed)", "security": [], "responses": {"200": {"description": "ready"}, "503": {"description": "starting"}}}},
