@@ -146,9 +146,6 @@ fn tokens_from_config_file_and_cli_clients() {
     );
 }
 
-/// `--data-dir data` (relative, no `./`) works: the parent of the directory is the
-/// working directory, which must be fsynced like any other, and queries find the flushed
-/// segments (they were once looked up at `/data/...`, relative to the root).
 /// A setting the engine rejects stops startup with a clear message: what is wrong, its
 /// prefix said once ("invalid configuration: compaction cold-after must be > 0 …").
 #[test]
@@ -169,6 +166,9 @@ fn invalid_engine_setting() {
     );
 }
 
+/// `--data-dir data` (relative, no `./`) works: the parent of the directory is the
+/// working directory, which must be fsynced like any other, and queries find the flushed
+/// segments (they were once looked up at `/data/...`, relative to the root).
 #[test]
 fn relative_data_dir() {
     let cwd = tempfile::tempdir().unwrap();
