@@ -14,8 +14,10 @@ fn error_responses(codes: &[&str]) -> Value {
 }
 
 /// A database name as the engine accepts it (`talo_engine::model::validate_db_name`).
+const DB_NAME: &str = "[A-Za-z0-9-][A-Za-z0-9_-]{0,63}";
+
 fn db_name() -> Value {
-    json!({"type": "string", "pattern": "^[A-Za-z0-9-][A-Za-z0-9_-]{0,63}$"})
+    json!({"type": "string", "pattern": format!("^{DB_NAME}$")})
 }
 
 /// A write endpoint whose database comes in `db_param`: required unless the endpoint
@@ -23,7 +25,7 @@ fn db_name() -> Value {
 fn write_op(summary: &str, db_param: &str, required: bool) -> Value {
     let mut db = db_name();
     if db_param == "bucket" {
-        db["pattern"] = json!("^[A-Za-z0-9-][A-Za-z0-9_-]{0,63}(/.*)?$");
+        db["pattern"] = json!(format!("^{DB_NAME}(/.*)?$"));
     }
     let mut responses = error_responses(&["401", "403", "413", "503"]);
     responses["204"] = json!({"description": "all rows durable"});
