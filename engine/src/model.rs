@@ -116,6 +116,19 @@ pub fn time_data_type() -> DataType {
     DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
 }
 
+/// Indices of the tag columns of `schema`, in schema order.
+pub fn tag_columns(schema: &Schema) -> Vec<usize> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            ColumnType::from_data_type(f.name(), f.data_type()) == Some(ColumnType::Tag)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Arrow type of a tag column.
 pub fn tag_data_type() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))

@@ -26,7 +26,7 @@ use parquet::schema::types::ColumnPath;
 use crate::decimal;
 use crate::error::{IoContext, Result};
 use crate::fsutil;
-use crate::model::{ColumnType, TIME_COLUMN};
+use crate::model::{TIME_COLUMN, tag_columns};
 
 /// How segments are encoded.
 #[derive(Debug, Clone, Copy)]
@@ -74,15 +74,7 @@ fn key_columns(batch: &RecordBatch) -> Vec<usize> {
 
 /// [`key_columns`] of a schema.
 pub(crate) fn key_columns_of(schema: &SchemaRef) -> Vec<usize> {
-    let mut keys: Vec<usize> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| {
-            ColumnType::from_data_type(f.name(), f.data_type()) == Some(ColumnType::Tag)
-        })
-        .map(|(i, _)| i)
-        .collect();
+    let mut keys = tag_columns(schema);
     if let Ok(t) = schema.index_of(TIME_COLUMN) {
         keys.push(t);
     }

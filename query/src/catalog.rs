@@ -28,6 +28,7 @@ use talo_engine::{Snapshot, TableSnapshot};
 
 use crate::auth::{Permission, Principal};
 use crate::dedup::DedupTable;
+use crate::lastpoint::LatestRows;
 use crate::scan::{SegmentTable, TimeBounds, holds_throughout, is_time_bound};
 
 /// Start of the error message for a database the token may not read.
@@ -112,6 +113,7 @@ impl SchemaProvider for DbSchema {
                 db: self.db.clone(),
                 name: name.to_string(),
                 schema: t.schema(),
+                latest_only: false,
             }) as Arc<dyn TableProvider>
         }))
     }
@@ -131,22 +133,39 @@ pub(crate) struct QuerySnapshot {
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) data_dir: PathBuf,
     pub(crate) now_ns: i64,
+    /// Settled segments' latest rows, kept across queries.
+    pub(crate) latest: Arc<LatestRows>,
 }
 
 /// A table as the planner sees it: a name and a schema. Scanning it reads the query's
 /// [`QuerySnapshot`]: buffer ∪ segments (`table_provider`), rows past the retention
 /// left out.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct LiveTable {
     db: String,
     name: String,
     schema: SchemaRef,
+    /// Only each series' latest rows matter to the plan above (`lastpoint.rs`): settled
+    /// segments may give those instead of all their rows.
+    latest_only: bool,
 }
 
 impl LiveTable {
     /// (database, table, schema): what a plan reading this table was planned against.
     pub(crate) fn key(&self) -> (String, String, SchemaRef) {
         (self.db.clone(), self.name.clone(), Arc::clone(&self.schema))
+    }
+
+    /// This table, for a plan that needs only each series' latest rows.
+    pub(crate) fn latest_only(&self) -> Self {
+        LiveTable {
+            latest_only: true,
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn is_latest_only(&self) -> bool {
+        self.latest_only
     }
 }
 
@@ -231,7 +250,11 @@ impl TableProvider for LiveTable {
                 ))),
             );
         }
-        let provider = table_provider(t, &q.data_dir)?;
+        let latest = self.latest_only.then(|| {
+            q.latest.retain(&self.db, &self.name, &t.segments);
+            Arc::clone(&q.latest)
+        });
+        let provider = table_provider(t, &q.data_dir, latest)?;
         let Some(predicate) = conjunction(keep.iter().cloned()) else {
             return provider.scan(state, projection, filters, limit).await;
         };
@@ -293,6 +316,7 @@ async fn filtered(
 pub(crate) fn table_provider(
     t: TableSnapshot,
     data_dir: &std::path::Path,
+    latest: Option<Arc<LatestRows>>,
 ) -> Result<Arc<dyn TableProvider>> {
     let schema = t.table.schema();
     let buffer_range = t
@@ -306,6 +330,7 @@ pub(crate) fn table_provider(
             schema,
             data_dir: data_dir.to_path_buf(),
             segments: clean,
+            latest,
         }));
     }
 
@@ -315,6 +340,7 @@ pub(crate) fn table_provider(
         clean,
         dirty,
         buffer: t.chunks,
+        latest,
     }))
 }
 

@@ -49,6 +49,7 @@ use talo_engine::model::TIME_COLUMN;
 use talo_engine::segment::sort_dedup;
 use talo_engine::{ColumnType, SegmentMeta};
 
+use crate::lastpoint::LatestRows;
 use crate::scan::{SegmentTable, TimeBounds};
 
 fn external(e: talo_engine::Error) -> DataFusionError {
@@ -67,6 +68,8 @@ pub(crate) struct DedupTable {
     pub(crate) dirty: Vec<Arc<SegmentMeta>>,
     /// The buffer, oldest first (newer than every segment).
     pub(crate) buffer: Vec<Chunk>,
+    /// Where only each series' latest rows matter: those of the clean segments.
+    pub(crate) latest: Option<Arc<LatestRows>>,
 }
 
 impl DedupTable {
@@ -152,6 +155,7 @@ impl TableProvider for DedupTable {
                 schema: Arc::clone(&self.schema),
                 data_dir: self.data_dir.clone(),
                 segments: vec![Arc::clone(seg)],
+                latest: None,
             };
             inputs.push(one.scan(state, Some(&inner), &key_filters, None).await?);
             segment_ids.push(seg.id);
@@ -189,6 +193,7 @@ impl TableProvider for DedupTable {
             schema: Arc::clone(&self.schema),
             data_dir: self.data_dir.clone(),
             segments: self.clean.clone(),
+            latest: self.latest.clone(),
         }
         .scan(state, projection, filters, limit)
         .await?;

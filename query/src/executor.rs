@@ -133,6 +133,8 @@ pub struct QueryExecutor {
     /// functions) was ~4 % of a narrow query's CPU (`perf`).
     template: SessionState,
     plans: Arc<PlanCache>,
+    /// Settled segments' latest rows per series (`lastpoint.rs`).
+    latest: Arc<crate::lastpoint::LatestRows>,
 }
 
 impl std::fmt::Debug for QueryExecutor {
@@ -170,6 +172,7 @@ impl QueryExecutor {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(QueryExecutor {
             plans: Arc::new(PlanCache::new(config.plan_cache_entries)),
+            latest: Arc::default(),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             metadata_cache,
             config,
@@ -186,6 +189,12 @@ impl QueryExecutor {
     /// Hits, misses and entries of the plan cache.
     pub fn plan_cache_stats(&self) -> PlanCacheStats {
         self.plans.stats()
+    }
+
+    /// Settled segments whose latest rows per series are kept (for "last value" queries,
+    /// `lastpoint.rs`), and the bytes they hold.
+    pub fn latest_rows_kept(&self) -> (usize, usize) {
+        self.latest.kept()
     }
 
     /// Segment footers held by the metadata cache now.
@@ -337,7 +346,10 @@ fn template(
         .with_optimizer_rules(
             std::iter::once(Arc::new(crate::gapfill::GapFillRule) as _)
                 .chain(datafusion::optimizer::Optimizer::new().rules)
-                // last: it sees the aggregates as the other rules leave them
+                // last: they see the aggregates and scans as the other rules leave them
+                .chain(std::iter::once(
+                    Arc::new(crate::lastpoint::LastPointRule) as _
+                ))
                 .chain(std::iter::once(Arc::new(crate::runs::RunsRule) as _))
                 .collect(),
         )
@@ -397,6 +409,7 @@ impl QueryExecutor {
             snapshot: Arc::clone(&snapshot),
             data_dir: engine.config().data_dir.clone(),
             now_ns: talo_engine::retention::now_ns(),
+            latest: Arc::clone(&self.latest),
         }));
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(

@@ -12,6 +12,7 @@ mod dedup;
 mod error;
 pub mod executor;
 mod gapfill;
+mod lastpoint;
 mod metrics;
 mod openapi;
 mod plans;

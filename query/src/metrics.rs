@@ -161,6 +161,19 @@ pub(crate) async fn metrics(
         "Optimized plans held by the plan cache.",
         plans.entries as u64,
     );
+    let (segments, bytes) = s.executor.latest_rows_kept();
+    gauge(
+        &mut out,
+        "talo_query_latest_rows_segments",
+        "Settled segments whose latest row per series is kept for last-value queries.",
+        segments as u64,
+    );
+    gauge(
+        &mut out,
+        "talo_query_latest_rows_bytes",
+        "Memory held by those kept latest rows.",
+        bytes as u64,
+    );
     if let Some(e) = s.engine.get() {
         let m = e.metrics();
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -320,7 +320,7 @@ fn binnable(e: &Expr, input: &DFSchema) -> Result<Option<(Expr, i64, i64)>> {
 }
 
 /// `e` without the aliases around it.
-fn unaliased(mut e: &Expr) -> &Expr {
+pub(crate) fn unaliased(mut e: &Expr) -> &Expr {
     while let Expr::Alias(Alias { expr, .. }) = e {
         e = expr;
     }
@@ -748,7 +748,7 @@ fn binned_runs(keys: &[ArrayRef], bin: &Bin) -> Result<Option<(Vec<usize>, Vec<A
 }
 
 /// Where any of `keys` differs from the row before: the first row of every run.
-fn run_starts(keys: &[ArrayRef]) -> Result<Vec<usize>> {
+pub(crate) fn run_starts(keys: &[ArrayRef]) -> Result<Vec<usize>> {
     let n = keys.first().map_or(0, |k| k.len());
     if n == 0 {
         return Ok(Vec::new());
@@ -942,7 +942,7 @@ fn fold_batch(
 
 /// The row of each run with the latest (or earliest) `time`; of equal latest times the
 /// later row, of equal earliest the earlier.
-fn pick_rows(time: &ArrayRef, starts: &[usize], latest: bool) -> Result<UInt32Array> {
+pub(crate) fn pick_rows(time: &ArrayRef, starts: &[usize], latest: bool) -> Result<UInt32Array> {
     // timestamps are 64-bit integers: the cast only relabels the buffer
     let t = cast(time, &DataType::Int64)?;
     if t.null_count() > 0 {

@@ -16,6 +16,7 @@ use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileSource;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
@@ -34,10 +35,13 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::union::UnionExec;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use talo_engine::SegmentMeta;
 use talo_engine::model::TIME_COLUMN;
+
+use crate::lastpoint::{LatestRows, conform};
 
 /// Inclusive time bounds (ns) implied by a query's filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +138,15 @@ pub(crate) fn holds_throughout(e: &Expr, lo: i64, hi: i64) -> bool {
     }
 }
 
+/// Whether `e` is a lower time bound (`time > literal`, `time >= literal`): it holds for
+/// a suffix of each series' rows in time order.
+pub(crate) fn is_lower_bound(e: &Expr) -> bool {
+    matches!(
+        time_bound(e),
+        Some(Bound::Op(Operator::Gt | Operator::GtEq, _))
+    )
+}
+
 enum Bound {
     /// `time <op> value`
     Op(Operator, i64),
@@ -184,6 +197,10 @@ pub(crate) struct SegmentTable {
     pub(crate) schema: SchemaRef,
     pub(crate) data_dir: PathBuf,
     pub(crate) segments: Vec<Arc<SegmentMeta>>,
+    /// Set where only each series' latest rows matter to the plan (`lastpoint.rs`; the
+    /// filters are then on tags and time only): a segment that every time bound but
+    /// lower ones holds throughout gives its kept latest rows instead of a scan.
+    pub(crate) latest: Option<Arc<LatestRows>>,
 }
 
 #[async_trait]
@@ -218,6 +235,54 @@ impl TableProvider for SegmentTable {
             .filter(|s| bounds.overlaps(s.min_time, s.max_time))
             .map(|s| s.as_ref())
             .collect();
+        let Some(latest) = &self.latest else {
+            return self.parquet(state, &bounds, &selected, projection, filters, limit);
+        };
+        let cutting: Vec<&Expr> = filters
+            .iter()
+            .filter(|f| is_time_bound(f) && !is_lower_bound(f))
+            .collect();
+        let mut kept = Vec::new();
+        let mut scanned = Vec::new();
+        for s in selected {
+            let whole = cutting
+                .iter()
+                .all(|f| holds_throughout(f, s.min_time, s.max_time));
+            match whole {
+                true => match latest.of(&self.data_dir, s).await? {
+                    Some(rows) => kept.push(conform(&rows, &self.schema)?),
+                    None => scanned.push(s),
+                },
+                false => scanned.push(s),
+            }
+        }
+        let scan = self.parquet(state, &bounds, &scanned, projection, filters, limit)?;
+        if kept.is_empty() {
+            return Ok(scan);
+        }
+        let rows: Arc<dyn ExecutionPlan> = MemorySourceConfig::try_new_exec(
+            &[kept],
+            Arc::clone(&self.schema),
+            projection.cloned(),
+        )?;
+        if scanned.is_empty() {
+            return Ok(rows);
+        }
+        UnionExec::try_new(vec![scan, rows])
+    }
+}
+
+impl SegmentTable {
+    /// A Parquet scan of `selected` (an empty plan if there are none).
+    fn parquet(
+        &self,
+        state: &dyn Session,
+        bounds: &TimeBounds,
+        selected: &[&SegmentMeta],
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
         // Late materialization (`pushdown_filters`: the filters run while decoding, the
         // other columns are decoded only for the rows that pass) pays where the time
         // bounds cut through a file: rows are sorted by series, so each page spans the

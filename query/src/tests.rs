@@ -1793,3 +1793,178 @@ async fn a_reused_plan_folds_now_per_query_and_still_prunes_by_it() {
     }
     assert_eq!(plan_cache_delta(&state, before), (0, 2));
 }
+
+/// `q` with its table `air` read through a subquery with a LIMIT: planned the plain way
+/// (the last-point rule sees no table scan under the aggregate), for comparison.
+fn plainly(q: &str) -> String {
+    q.replace(
+        " FROM air",
+        " FROM (SELECT * FROM air LIMIT 1000000000) air",
+    )
+}
+
+/// Kept-rows sources (in-memory) and Parquet files of a physical plan.
+fn sources(plan: &str) -> (usize, usize) {
+    let memory = plan
+        .lines()
+        .filter(|l| l.contains("DataSourceExec: partitions=") && l.contains("partition_sizes="))
+        .count();
+    let files = plan
+        .lines()
+        .filter(|l| l.contains("file_type=parquet"))
+        .map(|l| l.matches(".parquet").count())
+        .sum();
+    (memory, files)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_values_come_from_kept_rows_and_match_a_full_scan() {
+    let (_d, state, app) = setup();
+    let w = |body: String| post("/api/v1/write?db=house&precision=s", body);
+    // two settled segments that overlap nothing: room b has two series (floors), room
+    // c stops after the first, room a's latest row has no v (last_value keeps NULLs)
+    let mut first = String::new();
+    for t in 0..40 {
+        first += &format!(
+            "air,room=a v={t} {t}\nair,room=b,floor=1 v={} {t}\n",
+            100 + t
+        );
+        first += &format!(
+            "air,room=b,floor=2 v={} {}\nair,room=c v={} {t}\n",
+            200 + t,
+            t + 1,
+            300 + t
+        );
+    }
+    assert_eq!(send(&app, w(first)).await.0, StatusCode::NO_CONTENT);
+    state.engine().unwrap().flush().await.unwrap();
+    let mut second = String::new();
+    for t in 100..130 {
+        second += &format!(
+            "air,room=a v={t},w=1i {t}\nair,room=b,floor=1 v={} {t}\n",
+            100 + t
+        );
+    }
+    second += "air,room=a w=2i 140\n";
+    assert_eq!(send(&app, w(second)).await.0, StatusCode::NO_CONTENT);
+    state.engine().unwrap().flush().await.unwrap();
+
+    let cases = [
+        // (query, kept-rows sources, Parquet files in its plan)
+        (
+            "SELECT room, last_value(v ORDER BY time) AS l, max(time) AS t FROM air GROUP BY room ORDER BY room",
+            1,
+            0,
+        ),
+        (
+            "SELECT room, floor, first_value(v ORDER BY time DESC) AS l, last_value(w ORDER BY time) AS lw FROM air GROUP BY room, floor ORDER BY room, floor",
+            1,
+            0,
+        ),
+        (
+            "SELECT last_value(v ORDER BY time) AS l, last_value(room ORDER BY time) AS r FROM air",
+            1,
+            0,
+        ),
+        // a lower bound cutting through the newer segment: its latest rows still decide
+        (
+            "SELECT room, last_value(v ORDER BY time) AS l FROM air WHERE time >= '1970-01-01T00:01:50Z' GROUP BY room ORDER BY room",
+            1,
+            0,
+        ),
+        (
+            "SELECT room, last_value(v * 2 ORDER BY time) AS l FROM air WHERE room IN ('b', 'c') AND floor IS NOT NULL GROUP BY room ORDER BY room",
+            1,
+            0,
+        ),
+        // an upper bound cutting through the newer segment: that one is scanned
+        (
+            "SELECT room, last_value(v ORDER BY time) AS l FROM air WHERE time < '1970-01-01T00:01:50Z' GROUP BY room ORDER BY room",
+            1,
+            1,
+        ),
+        // an upper bound past both: kept rows only
+        (
+            "SELECT room, last_value(v ORDER BY time) AS l FROM air WHERE time <= '1970-01-01T00:05:00Z' GROUP BY room ORDER BY room",
+            1,
+            0,
+        ),
+        // not decided by the latest rows: scans
+        (
+            "SELECT room, last_value(v ORDER BY time) AS l FROM air WHERE v < 120 GROUP BY room ORDER BY room",
+            0,
+            2,
+        ),
+        (
+            "SELECT room, last_value(w ORDER BY time) IGNORE NULLS AS l FROM air GROUP BY room ORDER BY room",
+            0,
+            2,
+        ),
+        (
+            "SELECT room, last_value(v ORDER BY time) AS l, count(*) AS n FROM air GROUP BY room ORDER BY room",
+            0,
+            2,
+        ),
+        (
+            "SELECT room, last_value(v ORDER BY v) AS l FROM air GROUP BY room ORDER BY room",
+            0,
+            2,
+        ),
+        (
+            "SELECT v, last_value(room ORDER BY time) AS l FROM air GROUP BY v ORDER BY v",
+            0,
+            2,
+        ),
+    ];
+    for (q, memory, files) in cases {
+        let got = sql_ok(&app, "house", q).await;
+        assert_eq!(got, sql_ok(&app, "house", &plainly(q)).await, "{q}");
+        assert!(got.as_array().is_some_and(|a| !a.is_empty()), "{q}: {got}");
+        let plan = physical_plan(&app, "house", q).await;
+        assert_eq!(sources(&plan), (memory, files), "{q}: {plan}");
+    }
+    let v = sql_ok(&app, "house", cases[0].0).await;
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"room":"a","l":null,"t":"1970-01-01T00:02:20Z"},
+            {"room":"b","l":229.0,"t":"1970-01-01T00:02:09Z"},
+            {"room":"c","l":339.0,"t":"1970-01-01T00:00:39Z"}
+        ])
+    );
+    // one row per series per segment is kept, and shown
+    assert_eq!(state.executor.latest_rows_kept().0, 2);
+    let (_, metrics) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("\ntalo_query_latest_rows_segments 2\n"),
+        "{metrics}"
+    );
+
+    // the buffer, and a segment that overlaps it, go through the merge: a rewrite of room
+    // a's latest point and a newer reading of c
+    let q = cases[0].0;
+    assert_eq!(
+        send(&app, w("air,room=a v=7 140\nair,room=c v=1 500\n".into()))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let got = sql_ok(&app, "house", q).await;
+    assert_eq!(got, sql_ok(&app, "house", &plainly(q)).await);
+    assert_eq!(got[0]["l"], 7.0, "{got}");
+    assert_eq!(got[2]["t"], "1970-01-01T00:08:20Z", "{got}");
+    // the older segment overlaps nothing: still its kept rows
+    assert_eq!(sources(&physical_plan(&app, "house", q).await), (1, 1));
+
+    // compacted away: the merged segment's rows are computed, the old ones forgotten
+    state.engine().unwrap().flush().await.unwrap();
+    let engine = state.engine().unwrap();
+    let merged = tokio::task::block_in_place(|| engine.compact_blocking()).unwrap();
+    let got = sql_ok(&app, "house", q).await;
+    assert_eq!(got, sql_ok(&app, "house", &plainly(q)).await);
+    let segments = engine.snapshot().table("house", "air").unwrap().segments;
+    assert!(merged > 0);
+    assert_eq!(segments.len(), 1);
+    assert_eq!(state.executor.latest_rows_kept().0, 1);
+}

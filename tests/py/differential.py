@@ -70,6 +70,16 @@ QUERIES = {
         "SELECT sensor, last_value(temperature ORDER BY time) AS t FROM env GROUP BY sensor ORDER BY sensor",
         "SELECT sensor, arg_max(temperature, time) AS t FROM env GROUP BY sensor ORDER BY sensor",
     ),
+    # the last two hours: a lower time bound and a tag filter, latest time included
+    "latest_recent_per_room": (
+        "SELECT building, room, last_value(humidity ORDER BY time) AS h, max(time) AS t FROM env WHERE time >= '2025-11-25T22:00:00Z' AND room <> 'r2' GROUP BY building, room ORDER BY building, room",
+        "SELECT building, room, arg_max(humidity, time) AS h, max(time) AS t FROM env WHERE time >= TIMESTAMP '2025-11-25 22:00:00' AND room <> 'r2' GROUP BY building, room ORDER BY building, room",
+    ),
+    # an upper bound that cuts the day: the latest rows before it
+    "latest_before_noon": (
+        "SELECT sensor, first_value(co2 ORDER BY time DESC) AS c FROM env WHERE time < '2025-11-25T12:00:00Z' GROUP BY sensor ORDER BY sensor",
+        "SELECT sensor, arg_max(co2, time) AS c FROM env WHERE time < TIMESTAMP '2025-11-25 12:00:00' GROUP BY sensor ORDER BY sensor",
+    ),
     "hourly_avg_one_sensor": (
         "SELECT time_bucket(INTERVAL '1 hour', time) AS h, avg(temperature) AS a FROM env WHERE sensor = 's010' GROUP BY h ORDER BY h",
         None,
