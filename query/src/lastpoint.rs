@@ -20,6 +20,12 @@
 //! DESC)` and `max(time)` compute. Anything else (a filter on a field, `IGNORE NULLS`, a
 //! key that is not a tag, a computed column the aggregate reads through) keeps the scan.
 //!
+//! The bounds may be relative to `now()`: a plan kept for reuse is optimized with `now()`
+//! in place (common subexpression elimination lifts it into a projection) and folded to
+//! literals per query; a non-lower bound is accepted only where the scan sees it too, and
+//! a scan that finds a filter it cannot judge (neither a literal time bound nor on tags)
+//! takes no kept rows at all.
+//!
 //! [`LastPointRule`] marks the table scan below such an aggregate
 //! ([`LiveTable::latest_only`]). At scan time, the *clean* segments (those that overlap
 //! nothing: no other copy of their points exists) that qualify are read from
@@ -44,7 +50,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DataFusionError, Result};
 use datafusion::logical_expr::expr::{AggregateFunctionParams, NullTreatment};
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, TableScan};
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Operator, TableScan};
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -113,6 +119,16 @@ enum Role {
     Time,
     Tag,
     Field,
+    /// Computed from no column (`now()` lifted out by common subexpression elimination).
+    Constant,
+}
+
+/// Where a column below the aggregate comes from.
+enum Traced<'a> {
+    /// This column of the scan.
+    Scanned(Column),
+    /// This expression of no column.
+    Constant(&'a Expr),
 }
 
 /// The nodes between an aggregate and its table scan, through which its columns are
@@ -143,6 +159,24 @@ impl<'a> Chain<'a> {
     /// The role of column `c` of the output of `nodes[level]` (of the scan at
     /// `nodes.len()`), or `None` where it is computed rather than passed through.
     fn role(&self, c: &Column, level: usize) -> Option<Role> {
+        let c = match self.trace(c, level)? {
+            Traced::Scanned(c) => c,
+            Traced::Constant(_) => return Some(Role::Constant),
+        };
+        let i = self.scan.projected_schema.index_of_column(&c).ok()?;
+        let field = self.scan.projected_schema.field(i);
+        Some(
+            match ColumnType::from_data_type(field.name(), field.data_type())? {
+                ColumnType::Time => Role::Time,
+                ColumnType::Tag => Role::Tag,
+                ColumnType::Field(_) => Role::Field,
+            },
+        )
+    }
+
+    /// Column `c` of the output of `nodes[level]` followed down to the scan, or to the
+    /// projection that computes it from no column; `None` where it is computed otherwise.
+    fn trace(&self, c: &Column, level: usize) -> Option<Traced<'a>> {
         let mut c = c.clone();
         for node in &self.nodes[level..] {
             match node {
@@ -151,6 +185,9 @@ impl<'a> Chain<'a> {
                     let i = p.schema.index_of_column(&c).ok()?;
                     match unaliased(&p.expr[i]) {
                         Expr::Column(inner) => c = inner.clone(),
+                        e if e.column_refs().is_empty() && !e.is_volatile() && !has_subquery(e) => {
+                            return Some(Traced::Constant(e));
+                        }
                         _ => return None,
                     }
                 }
@@ -161,15 +198,22 @@ impl<'a> Chain<'a> {
                 _ => return None,
             }
         }
-        let i = self.scan.projected_schema.index_of_column(&c).ok()?;
-        let field = self.scan.projected_schema.field(i);
-        Some(
-            match ColumnType::from_data_type(field.name(), field.data_type())? {
-                ColumnType::Time => Role::Time,
-                ColumnType::Tag => Role::Tag,
-                ColumnType::Field(_) => Role::Field,
-            },
-        )
+        Some(Traced::Scanned(c))
+    }
+
+    /// `e`, seen at `level`, with its constant columns replaced by what computes them
+    /// (undoing common subexpression elimination, to find `e` among the scan's filters).
+    fn inlined(&self, e: &Expr, level: usize) -> Option<Expr> {
+        e.clone()
+            .transform(|x| match &x {
+                Expr::Column(c) => match self.trace(c, level) {
+                    Some(Traced::Constant(d)) => Ok(Transformed::yes(d.clone())),
+                    _ => Ok(Transformed::no(x)),
+                },
+                _ => Ok(Transformed::no(x)),
+            })
+            .map(|t| t.data)
+            .ok()
     }
 
     /// Whether `e`, seen at `level`, reads tags only (and so holds for every row of a
@@ -183,7 +227,51 @@ impl<'a> Chain<'a> {
     }
 
     fn is_time(&self, e: &Expr) -> bool {
-        matches!(unaliased(e), Expr::Column(c) if self.role(c, 0) == Some(Role::Time))
+        self.is_time_at(e, 0)
+    }
+
+    fn is_time_at(&self, e: &Expr, level: usize) -> bool {
+        matches!(unaliased(e), Expr::Column(c) if self.role(c, level) == Some(Role::Time))
+    }
+
+    /// Whether `e`, seen at `level`, compares the time with a constant: `Some(true)` for a
+    /// lower bound (`>`, `>=`), `Some(false)` for any other (`<`, `<=`, `=`, `BETWEEN`).
+    /// The constant may still call `now()`: a plan kept for reuse is optimized with
+    /// `now()` in place and folded per query, and the scan then sees a literal (which it
+    /// judges per segment) or, failing that, takes no kept rows at all.
+    fn time_comparison(&self, e: &Expr, level: usize) -> Option<bool> {
+        let constant = |e: &Expr| {
+            !e.is_volatile()
+                && !has_subquery(e)
+                && e.column_refs()
+                    .iter()
+                    .all(|c| self.role(c, level) == Some(Role::Constant))
+        };
+        match e {
+            Expr::BinaryExpr(b) => {
+                let op = if self.is_time_at(&b.left, level) && constant(&b.right) {
+                    b.op
+                } else if self.is_time_at(&b.right, level) && constant(&b.left) {
+                    b.op.swap()?
+                } else {
+                    return None;
+                };
+                match op {
+                    Operator::Gt | Operator::GtEq => Some(true),
+                    Operator::Lt | Operator::LtEq | Operator::Eq => Some(false),
+                    _ => None,
+                }
+            }
+            Expr::Between(b)
+                if !b.negated
+                    && self.is_time_at(&b.expr, level)
+                    && constant(&b.low)
+                    && constant(&b.high) =>
+            {
+                Some(false)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -217,23 +305,36 @@ fn latest_rows_suffice(agg: &Aggregate) -> Option<LiveTable> {
     if agg.aggr_expr.is_empty() || !agg.aggr_expr.iter().all(|a| latest(a, &chain)) {
         return None;
     }
+    // filters above the scan: on tags, or a lower time bound (the rows it keeps of a
+    // series are a suffix of them); any other time bound must also be the scan's, which
+    // judges it per segment
     for (level, node) in chain.nodes.iter().enumerate() {
         if let LogicalPlan::Filter(f) = node
-            && !split_conjunction(&f.predicate)
-                .iter()
-                .all(|p| chain.on_tags_only(p, level))
+            && !split_conjunction(&f.predicate).iter().all(|p| {
+                chain.on_tags_only(p, level)
+                    || match chain.time_comparison(p, level) {
+                        Some(true) => true,
+                        Some(false) => chain
+                            .inlined(p, level)
+                            .is_some_and(|p| chain.scan.filters.contains(&p)),
+                        None => false,
+                    }
+            })
         {
             return None;
         }
     }
-    // the scan's own filters: the time bounds it applies itself (and judges per
-    // segment), or tags
+    // the scan's own filters: time bounds (which it judges per segment), or tags
     let at_scan = chain.nodes.len();
     chain
         .scan
         .filters
         .iter()
-        .all(|f| is_time_bound(f) || chain.on_tags_only(f, at_scan))
+        .all(|f| {
+            is_time_bound(f)
+                || chain.on_tags_only(f, at_scan)
+                || chain.time_comparison(f, at_scan).is_some()
+        })
         .then(|| table.clone())
 }
 

@@ -39,7 +39,7 @@ use datafusion::physical_plan::union::UnionExec;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use talo_engine::SegmentMeta;
-use talo_engine::model::TIME_COLUMN;
+use talo_engine::model::{TIME_COLUMN, tag_columns};
 
 use crate::lastpoint::{LatestRows, conform};
 
@@ -238,16 +238,30 @@ impl TableProvider for SegmentTable {
         let Some(latest) = &self.latest else {
             return self.parquet(state, &bounds, &selected, projection, filters, limit);
         };
+        // time bounds other than lower ones are judged per segment; a filter that is
+        // neither such a bound nor on tags alone (a bound `now()` was not folded into,
+        // say) leaves every segment to the scan
+        let tags = tag_columns(&self.schema);
+        let on_tags = |f: &Expr| {
+            !f.is_volatile()
+                && f.column_refs().iter().all(|c| {
+                    self.schema
+                        .index_of(&c.name)
+                        .is_ok_and(|i| tags.contains(&i))
+                })
+        };
         let cutting: Vec<&Expr> = filters
             .iter()
             .filter(|f| is_time_bound(f) && !is_lower_bound(f))
             .collect();
+        let judged = filters.iter().all(|f| is_time_bound(f) || on_tags(f));
         let mut kept = Vec::new();
         let mut scanned = Vec::new();
         for s in selected {
-            let whole = cutting
-                .iter()
-                .all(|f| holds_throughout(f, s.min_time, s.max_time));
+            let whole = judged
+                && cutting
+                    .iter()
+                    .all(|f| holds_throughout(f, s.min_time, s.max_time));
             match whole {
                 true => match latest.of(&self.data_dir, s).await? {
                     Some(rows) => kept.push(conform(&rows, &self.schema)?),

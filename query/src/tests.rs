@@ -1968,3 +1968,32 @@ async fn latest_values_come_from_kept_rows_and_match_a_full_scan() {
     assert_eq!(segments.len(), 1);
     assert_eq!(state.executor.latest_rows_kept().0, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_values_relative_to_now_take_the_kept_rows_too() {
+    // a plan kept for reuse is optimized with `now()` in place (folded per query), so
+    // the rule sees `time >= now() - ...`, not a literal
+    let (_d, state, app) = setup();
+    let w = |body: String| post("/api/v1/write?db=house&precision=s", body);
+    for t0 in [0, 100] {
+        let body: String = (t0..t0 + 30)
+            .map(|t| format!("air,room=a v={t} {t}\nair,room=b v={} {t}\n", t * 2))
+            .collect();
+        assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
+        state.engine().unwrap().flush().await.unwrap();
+    }
+    let q = "SELECT room, last_value(v ORDER BY time) AS l FROM air WHERE time >= now() - INTERVAL '100 years' AND time < now() GROUP BY room ORDER BY room";
+    let want = serde_json::json!([{"room":"a","l":129.0},{"room":"b","l":258.0}]);
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+    assert_eq!(state.executor.latest_rows_kept().0, 2);
+    let before = state.executor.plan_cache_stats();
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+    assert_eq!(plan_cache_delta(&state, before), (1, 0));
+    assert_eq!(sql_ok(&app, "house", &plainly(q)).await, want);
+    // an upper bound relative to now that cuts the newer segment: scanned, right answer
+    let q = "SELECT room, last_value(v ORDER BY time) AS l FROM air WHERE time >= now() - INTERVAL '100 years' AND time < now() - INTERVAL '56 years' - (now() - TIMESTAMP '1970-01-01T00:01:50Z' - INTERVAL '56 years') GROUP BY room ORDER BY room";
+    let want = serde_json::json!([{"room":"a","l":109.0},{"room":"b","l":218.0}]);
+    for _ in 0..2 {
+        assert_eq!(sql_ok(&app, "house", q).await, want);
+    }
+}
