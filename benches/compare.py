@@ -362,17 +362,20 @@ def same_answer(a, b):
 
 def talo_plan(h, sql):
     """How talo read the table: `clean` (segments that do not overlap, scanned in
-    parallel) or `merged (N overlapping segments, M buffered rows)` (DedupExec)."""
+    parallel; `, latest rows of N segments` where their kept latest rows per series stood
+    in for them) or `merged (N overlapping segments, M buffered rows)` (DedupExec)."""
     path = "/api/v1/query?" + urllib.parse.urlencode({"db": "bench", "sql": f"EXPLAIN {sql}"})
     status, body = h.request("GET", path)
     if status != 200:
         return f"EXPLAIN failed: HTTP {status}"
     plan = " ".join(str(v) for r in json.loads(body) for v in r.values())
     m = re.search(r"DedupExec: overlapping_segments=\[([^\]]*)\], buffer_rows=(\d+)", plan)
+    kept = re.search(r"partition_sizes=\[(\d+)\]", plan)
+    latest = f", latest rows of {kept.group(1)} segments" if kept else ""
     if not m:
-        return "clean"
+        return "clean" + latest
     n = len([x for x in m.group(1).split(",") if x.strip()])
-    return f"merged ({n} overlapping segments, {m.group(2)} buffered rows)"
+    return f"merged ({n} overlapping segments, {m.group(2)} buffered rows)" + latest
 
 
 def duckdb_source(files):
@@ -398,14 +401,18 @@ def bench_queries(args, talo, vm, influx, results):
         row = {}
         answers = {}
         for system in ("talo", "duckdb", "victoriametrics", "influxdb"):
+            # the first run of each query (talo's first after its restart: footers read, latest rows computed)
+            first = None
             for _ in range(args.warmup):
-                run_query(system, conns[system], q, con)
+                t, _ = run_query(system, conns[system], q, con)
+                first = t if first is None else first
             times = []
             for _ in range(args.runs):
                 t, rows = run_query(system, conns[system], q, con)
                 times.append(t)
             answers[system] = rows
-            row[system] = {"median_ms": statistics.median(times) * 1000, "rows": len(rows)}
+            row[system] = {"median_ms": statistics.median(times) * 1000, "rows": len(rows),
+                           "first_ms": first * 1000 if first is not None else float("nan")}
         row["talo_equals_duckdb"] = same_answer(answers["talo"], answers["duckdb"])
         row["talo_plan"] = talo_plan(conns["talo"], q["sql"])
         results["queries"][name] = row
@@ -551,6 +558,9 @@ def render(args, r, rows):
                    f"{'yes' if q['talo_equals_duckdb'] else 'NO'} |")
     out += ["", "How talo read the table (EXPLAIN): " + "; ".join(
         f"{name}: {q.get('talo_plan', '?')}" for name, q in r["queries"].items())]
+    out += ["", "First run of each query, ms (talo was restarted by the settle just before the first query; the first run of \"last value\" computes the segments' latest rows): " + "; ".join(
+        f"{name}: " + ", ".join(f"{k} {q[k].get('first_ms', float('nan')):.1f}" for k in ("talo", "duckdb", "victoriametrics", "influxdb"))
+        for name, q in r["queries"].items())]
     out += ["", "Rows returned: " + "; ".join(
         f"{name}: " + ", ".join(f"{k} {q[k]['rows']}" for k in ("talo", "duckdb", "victoriametrics", "influxdb"))
         for name, q in r["queries"].items()), ""]
