@@ -420,24 +420,54 @@ impl LatestRows {
                     .or_default(),
             )
         };
+        if let Some(rows) = cell.get() {
+            return Ok(rows.clone());
+        }
+        // computed by a task of its own: a query cancelled meanwhile (its timeout, the
+        // client gone) does not throw the work away, the rows are kept all the same
         let path = data_dir.join(&seg.path);
-        let this = Arc::clone(self);
-        let rows = cell
-            .get_or_try_init(|| async move {
+        let (this, key) = (
+            Arc::clone(self),
+            (seg.db.clone(), seg.table.clone(), seg.path.clone()),
+        );
+        let task = tokio::spawn(async move {
+            cell.get_or_try_init(|| async {
                 let batch =
                     tokio::task::spawn_blocking(move || latest_rows_of_file(&path, BATCH_ROWS))
                         .await
                         .map_err(|e| DataFusionError::External(Box::new(e)))??;
-                let size = batch.get_array_memory_size();
-                let mut kept = this.inner.lock().unwrap_or_else(|p| p.into_inner());
-                if kept.bytes + size > BUDGET_BYTES {
-                    return Ok::<_, DataFusionError>(None);
-                }
-                kept.bytes += size;
-                Ok(Some(Arc::new(batch)))
+                Ok::<_, DataFusionError>(this.admit(batch, &key, &cell))
             })
-            .await?;
-        Ok(rows.clone())
+            .await
+            .cloned()
+        });
+        task.await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+    }
+
+    /// `batch`, computed for `cell` (of segment `key`), to be kept: `None` if over the
+    /// budget. Counted only while the cell is still the segment's (`retain` may have
+    /// dropped the segment meanwhile; its rows then serve the query that computed them).
+    fn admit(
+        &self,
+        batch: RecordBatch,
+        (db, table, path): &(String, String, String),
+        cell: &Cell,
+    ) -> Option<Arc<RecordBatch>> {
+        let size = batch.get_array_memory_size();
+        let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let current = kept
+            .tables
+            .get(&(db.clone(), table.clone()))
+            .and_then(|t| t.get(path))
+            .is_some_and(|c| Arc::ptr_eq(c, cell));
+        if current {
+            if kept.bytes + size > BUDGET_BYTES {
+                return None;
+            }
+            kept.bytes += size;
+        }
+        Some(Arc::new(batch))
     }
 
     /// Forgets the segments of `db.table` that are not in `live` (compacted away,
@@ -563,6 +593,7 @@ mod tests {
     };
     use datafusion::arrow::datatypes::{DataType, Field, Int32Type, Schema, TimeUnit};
     use datafusion::parquet::arrow::ArrowWriter;
+    use futures::FutureExt;
 
     /// A segment-like file: rows of (room, floor, time, v), written in `chunks` batches.
     fn write(path: &Path, rows: &[(&str, Option<&str>, i64, f64)], chunks: usize) {
@@ -753,6 +784,28 @@ mod tests {
         assert_eq!(latest.kept(), (0, 0));
         // a missing file is an error, not an empty answer
         assert!(latest.of(dir.path(), &one).await.is_err());
+        // a query cancelled while the rows are computed: they are kept all the same
+        write(&dir.path().join("3.parquet"), &[("c", None, 7, 4.0)], 1);
+        let three = seg(3);
+        // (polled once, so the work has started, then dropped)
+        let cancelled = latest.of(dir.path(), &three).now_or_never();
+        assert!(cancelled.is_none());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while latest.kept().0 != 1 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", latest.kept());
+            tokio::task::yield_now().await;
+        }
+        std::fs::remove_file(dir.path().join("3.parquet")).unwrap();
+        assert_eq!(
+            latest
+                .of(dir.path(), &three)
+                .await
+                .unwrap()
+                .unwrap()
+                .num_rows(),
+            1
+        );
+        latest.retain("d", "t", &[]);
         // over the budget: not kept, and not computed again
         latest.inner.lock().unwrap().bytes = BUDGET_BYTES;
         assert!(latest.of(dir.path(), &two).await.unwrap().is_none());
