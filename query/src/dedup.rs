@@ -43,11 +43,11 @@ use datafusion::physical_plan::{
     PhysicalExpr, PlanProperties,
 };
 use futures::StreamExt;
+use talo_engine::SegmentMeta;
 use talo_engine::buffer::{Chunk, align_batch};
 use talo_engine::merge::{MergeStep, SortedMerge};
-use talo_engine::model::TIME_COLUMN;
+use talo_engine::model::{TIME_COLUMN, tag_columns};
 use talo_engine::segment::sort_dedup;
-use talo_engine::{ColumnType, SegmentMeta};
 
 use crate::lastpoint::LatestRows;
 use crate::scan::{SegmentTable, TimeBounds};
@@ -75,16 +75,9 @@ pub(crate) struct DedupTable {
 impl DedupTable {
     /// Tag columns and time: what identifies a point.
     fn key_columns(&self) -> Vec<usize> {
-        self.schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| {
-                f.name() == TIME_COLUMN
-                    || ColumnType::from_data_type(f.name(), f.data_type()) == Some(ColumnType::Tag)
-            })
-            .map(|(i, _)| i)
-            .collect()
+        let mut keys = tag_columns(&self.schema);
+        keys.extend(self.schema.index_of(TIME_COLUMN).ok());
+        keys
     }
 }
 

@@ -324,7 +324,9 @@ fn latest_rows_suffice(agg: &Aggregate) -> Option<LiveTable> {
             return None;
         }
     }
-    // the scan's own filters: time bounds (which it judges per segment), or tags
+    // the scan's own filters: time bounds (which it judges per segment), or tags; a
+    // literal bound is recognized by name (`is_time_bound`) since the scan applies it
+    // exactly and need not project its column
     let at_scan = chain.nodes.len();
     chain
         .scan
