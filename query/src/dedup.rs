@@ -391,9 +391,9 @@ impl ExecutionPlan for DedupExec {
                 "DedupExec has one partition, not {partition}"
             )));
         }
-        // Every partition of every input is a sorted run of its own: DataFusion may split
-        // one file into contiguous ranges (each still sorted), never interleave them, as
-        // this node asks for no particular distribution. Parts of one segment share its
+        // Every partition of every input is a sorted run of its own: the segment scan
+        // may cut one large file into contiguous ranges (`scan::file_groups`, each still
+        // sorted), never interleave them. Parts of one segment share its
         // precedence and never a point, so they go to the merge side by side.
         let mut sources = Vec::new();
         for input in &self.inputs {

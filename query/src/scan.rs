@@ -20,7 +20,9 @@ use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileSource;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileGroup, FileGroupPartitioner, FileScanConfigBuilder, ParquetSource,
+};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction as and_all;
@@ -301,12 +303,24 @@ impl SegmentTable {
         // other columns are decoded only for the rows that pass) pays where the time
         // bounds cut through a file: rows are sorted by series, so each page spans the
         // file's whole time range and the page index cannot skip the rows outside the
-        // bounds ("last hour" over a 12-hour file decoded all of it). With every file
-        // inside the bounds the time filter drops nothing and the page index already
-        // skipped what a tag filter would; there it only costs.
-        let late = selected
-            .iter()
-            .any(|s| s.min_time < bounds.min || s.max_time > bounds.max);
+        // bounds ("last hour" over a 12-hour file decoded all of it). It pays too where a
+        // filter is on tags: a page holds several series (up to 20,000 rows), so the
+        // pages the page index keeps for one sensor held ten times its rows, all decoded
+        // (and floats stored as decimals cast) before the filter dropped them. With every
+        // file inside the bounds and no tag filter there is nothing to skip; there it
+        // only costs.
+        let tags = tag_columns(&self.schema);
+        let on_tags = filters.iter().any(|f| {
+            f.column_refs().iter().any(|c| {
+                self.schema
+                    .index_of(&c.name)
+                    .is_ok_and(|i| tags.contains(&i))
+            })
+        });
+        let late = on_tags
+            || selected
+                .iter()
+                .any(|s| s.min_time < bounds.min || s.max_time > bounds.max);
         let files: Vec<PartitionedFile> = selected
             .iter()
             .map(|s| {
@@ -340,26 +354,68 @@ impl SegmentTable {
             .with_pushdown_filters(late)
             // cheapest filter first (fewest bytes to decode)
             .with_reorder_filters(late);
-        if let Some(predicate) = and_all(filters.iter().cloned()) {
+        // A time bound that holds throughout every file read prunes nothing and drops no
+        // row: left out of the predicate, it costs no statistics check per row group,
+        // and, under late materialization, no decoding of the time column to test it.
+        let needed = filters.iter().filter(|f| {
+            !selected
+                .iter()
+                .all(|s| holds_throughout(f, s.min_time, s.max_time))
+        });
+        if let Some(predicate) = and_all(needed.cloned()) {
             let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
             let physical = state.create_physical_expr(predicate, &df_schema)?;
             source = source.with_predicate(physical);
         }
-        // spread files over the available threads
-        let parts = state.config().target_partitions().max(1);
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); parts.min(files.len())];
-        for (i, f) in files.into_iter().enumerate() {
-            let n = groups.len();
-            groups[i % n].push(f);
-        }
+        let options = state.config().options();
+        let groups = file_groups(
+            files,
+            options.execution.target_partitions.max(1),
+            options.optimizer.repartition_file_min_size,
+        );
         let config =
             FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), Arc::new(source))
-                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                .with_file_groups(groups)
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
                 .build();
         Ok(DataSourceExec::from_data_source(config))
     }
+}
+
+/// The files of one scan spread over `parts` partitions (the session's
+/// `repartition_file_scans` is off: this is where scans are split). Whole files where
+/// they can be balanced, each partition taking the next largest file while it has the
+/// fewest bytes: a file opened once builds and evaluates its pruning predicate once.
+/// Where they cannot (fewer files than partitions, or one file of more than half again a
+/// partition's share), byte ranges of the total as DataFusion cuts them (each range reads
+/// the row groups that start in it); under `min_size` bytes in all, one partition.
+pub(crate) fn file_groups(
+    mut files: Vec<PartitionedFile>,
+    parts: usize,
+    min_size: usize,
+) -> Vec<FileGroup> {
+    let size = |f: &PartitionedFile| f.object_meta.size;
+    let total: u64 = files.iter().map(size).sum();
+    let largest = files.iter().map(size).max().unwrap_or(0);
+    let balanced = largest.saturating_mul(parts as u64) <= total.saturating_mul(3) / 2;
+    if files.len() >= parts && balanced {
+        files.sort_by_key(|f| std::cmp::Reverse(size(f)));
+        let mut groups: Vec<(u64, Vec<PartitionedFile>)> = vec![(0, Vec::new()); parts];
+        for f in files {
+            if let Some(g) = groups.iter_mut().min_by_key(|g| g.0) {
+                g.0 += size(&f);
+                g.1.push(f);
+            }
+        }
+        return groups.into_iter().map(|g| FileGroup::new(g.1)).collect();
+    }
+    let one = [FileGroup::new(files)];
+    FileGroupPartitioner::new()
+        .with_target_partitions(parts)
+        .with_repartition_file_min_size(min_size)
+        .repartition_file_groups(&one)
+        .unwrap_or_else(|| one.to_vec())
 }
 
 /// [`CachedParquetFileReaderFactory`] whose readers always fetch the footer *with* the
@@ -470,5 +526,89 @@ impl PhysicalOptimizerRule for DistinctScanPredicates {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(sizes: &[u64]) -> Vec<PartitionedFile> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| PartitionedFile::new(format!("f{i}.parquet"), n))
+            .collect()
+    }
+
+    /// Each group as its files, `name` or `name@start..end` for a byte range.
+    fn shape(groups: &[FileGroup]) -> Vec<Vec<String>> {
+        groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|f| {
+                        let name = f.object_meta.location.to_string();
+                        match &f.range {
+                            Some(r) => format!("{name}@{}..{}", r.start, r.end),
+                            None => name,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn balanced_files_stay_whole_one_open_each() {
+        const MB: u64 = 1 << 20;
+        // two near-equal files on two partitions: one each, not cut
+        let g = file_groups(files(&[12 * MB, 12 * MB + 90_000]), 2, 10 << 20);
+        assert_eq!(shape(&g), [vec!["f1.parquet"], vec!["f0.parquet"]]);
+        // many files: the next largest to the partition with the fewest bytes
+        let g = file_groups(
+            files(&[5 * MB, 3 * MB, 4 * MB, 2 * MB, 2 * MB]),
+            2,
+            10 << 20,
+        );
+        assert_eq!(
+            shape(&g),
+            [
+                vec!["f0.parquet", "f3.parquet", "f4.parquet"],
+                vec!["f2.parquet", "f1.parquet"]
+            ]
+        );
+        // small files too (nothing to cut there)
+        let g = file_groups(files(&[10, 12, 11]), 2, 10 << 20);
+        assert_eq!(g.len(), 2);
+        assert!(g.iter().flat_map(|g| g.iter()).all(|f| f.range.is_none()));
+    }
+
+    #[test]
+    fn a_large_file_is_cut_where_whole_files_cannot_balance() {
+        const MB: u64 = 1 << 20;
+        // one file, two partitions: two byte ranges of it
+        let g = file_groups(files(&[24 * MB]), 2, 10 << 20);
+        let s = shape(&g);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(
+            s.iter()
+                .all(|g| g.len() == 1 && g[0].starts_with("f0.parquet@")),
+            "{s:?}"
+        );
+        // one file much larger than the other: cut so that both partitions work
+        let g = file_groups(files(&[30 * MB, 2 * MB]), 2, 10 << 20);
+        let s = shape(&g);
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(s.concat().iter().any(|f| f.contains('@')), "{s:?}");
+        // under the minimum size: one partition reads it all
+        let g = file_groups(files(&[5 * MB]), 2, 10 << 20);
+        assert_eq!(shape(&g), [vec!["f0.parquet"]]);
+        // no files: no groups to read
+        assert!(
+            file_groups(Vec::new(), 2, 10 << 20)
+                .iter()
+                .all(|g| g.is_empty())
+        );
     }
 }

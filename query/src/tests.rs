@@ -415,21 +415,56 @@ async fn segment_scans_prune_with_each_filter_once() {
     let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     state.engine().unwrap().flush().await.unwrap();
-    let q = "SELECT sum(t) AS st FROM env WHERE room = 'a' AND time >= '1970-01-01T00:01:00Z' AND time < '1970-01-01T00:05:00Z'";
-    let v = sql_ok(&app, "house", &format!("EXPLAIN {q}")).await;
-    let scans = scan_predicates(&v);
-    assert_eq!(scans.len(), 1, "{v}");
-    // every filter reaches the scan (pruning), and only once: DataFusion's filter
-    // pushdown ANDs the FilterExec onto the predicate the table provider already set
-    let terms = &scans[0];
-    assert_eq!(terms.len(), 3, "{terms:?}");
-    let mut distinct = terms.clone();
-    distinct.sort();
-    distinct.dedup();
-    assert_eq!(distinct.len(), terms.len(), "{terms:?}");
-    assert!(terms.iter().any(|t| t.contains("room")), "{terms:?}");
-    let v = sql_ok(&app, "house", q).await;
-    assert_eq!(v, serde_json::json!([{"st": 4.0}]));
+    // (time bounds, the terms the scan's predicate must have, rows dropped while
+    // decoding, sum(t))
+    let cases = [
+        // bounds cutting the segment (100 s ..= 200 s) prune row groups and pages
+        (
+            "time >= '1970-01-01T00:02:30Z' AND time < '1970-01-01T00:05:00Z'",
+            vec!["room", "time@"],
+            2,
+            3.0,
+        ),
+        // bounds holding the whole segment prune nothing: not in the predicate at all
+        (
+            "time >= '1970-01-01T00:01:00Z' AND time < '1970-01-01T00:05:00Z'",
+            vec!["room"],
+            1,
+            4.0,
+        ),
+    ];
+    for (bounds, want, dropped, sum) in cases {
+        let q = format!("SELECT sum(t) AS st FROM env WHERE room = 'a' AND {bounds}");
+        let v = sql_ok(&app, "house", &format!("EXPLAIN {q}")).await;
+        let scans = scan_predicates(&v);
+        assert_eq!(scans.len(), 1, "{v}");
+        // every filter needed reaches the scan, and only once: DataFusion's filter
+        // pushdown ANDs the FilterExec onto the predicate the table provider already set
+        let terms = &scans[0];
+        assert_eq!(terms.len(), want.len(), "{bounds}: {terms:?}");
+        for w in &want {
+            assert!(terms.iter().any(|t| t.contains(w)), "{bounds}: {terms:?}");
+        }
+        // a tag filter runs while decoding (the other columns are decoded only for the
+        // rows that pass), so no FilterExec is left above the scan
+        let v = sql_ok(&app, "house", &format!("EXPLAIN ANALYZE {q}")).await;
+        let plan = plan_text(&v, "Plan with Metrics");
+        let pruned = format!("pushdown_rows_pruned={dropped},");
+        assert!(plan.contains(&pruned), "{bounds}: {plan}");
+        assert!(!plan.contains("FilterExec"), "{plan}");
+        let v = sql_ok(&app, "house", &q).await;
+        assert_eq!(v, serde_json::json!([{"st": sum}]), "{bounds}");
+    }
+    // segment scans group their files themselves (`scan::file_groups`): DataFusion's
+    // regrouping would cut them into byte ranges again
+    let v = sql_ok(
+        &app,
+        "house",
+        "SELECT value FROM information_schema.df_settings \
+         WHERE name = 'datafusion.optimizer.repartition_file_scans'",
+    )
+    .await;
+    assert_eq!(v, serde_json::json!([{"value": "false"}]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,10 +497,11 @@ async fn filters_run_while_decoding_where_time_bounds_cut_a_segment() {
     // bounds holding the whole segment: the filter drops nothing, so it is not run at
     // all (neither while decoding nor above: time bounds are exact filters of the table)
     let whole = "SELECT count(*) AS n FROM env WHERE time >= '1970-01-01T00:01:00Z'";
-    let v = sql_ok(&app, "house", &format!("EXPLAIN {whole}")).await;
-    let plan = plan_text(&v, "physical_plan");
+    let v = sql_ok(&app, "house", &format!("EXPLAIN ANALYZE {whole}")).await;
+    let plan = plan_text(&v, "Plan with Metrics");
     assert!(!plan.contains("FilterExec"), "{plan}");
-    assert!(!plan.contains("pushdown_filters=true"), "{plan}");
+    assert!(plan.contains("pushdown_rows_matched=0,"), "{plan}");
+    assert!(!plan.contains("predicate="), "{plan}");
     let v = sql_ok(&app, "house", whole).await;
     assert_eq!(v, serde_json::json!([{"n": 22}]));
 }
