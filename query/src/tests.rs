@@ -467,6 +467,56 @@ async fn segment_scans_prune_with_each_filter_once() {
     assert_eq!(v, serde_json::json!([{"value": "false"}]));
 }
 
+/// Tag filters run while decoding also over files written before the tag existed: there
+/// the tag reads as NULL, as everywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_filters_while_decoding_over_files_older_than_the_tag() {
+    let (_d, state, app) = setup();
+    let engine = state.engine().unwrap();
+    let (s, _) = send(
+        &app,
+        post(
+            "/api/v1/write?db=house&precision=s",
+            "env,room=a t=1 100\nenv,room=b t=2 100\n",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    engine.flush().await.unwrap();
+    let (s, _) = send(
+        &app,
+        post(
+            "/api/v1/write?db=house&precision=s",
+            "env,room=a,floor=1 t=3 200\nenv,room=b,floor=2 t=4 200\n",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    engine.flush().await.unwrap();
+    let cases = [
+        ("floor = '1'", 3.0),
+        ("floor IS NULL", 3.0),
+        ("floor <> '1'", 4.0),
+        ("room = 'a'", 4.0),
+        ("room = 'a' AND floor IS NULL", 1.0),
+        ("room = 'b' OR floor = '1'", 9.0),
+    ];
+    for (cond, sum) in cases {
+        let q = format!("SELECT sum(t) AS st FROM env WHERE {cond}");
+        let v = sql_ok(&app, "house", &format!("EXPLAIN {q}")).await;
+        let plan = plan_text(&v, "physical_plan");
+        assert_eq!(plan.matches("file_type=parquet").count(), 1, "{plan}");
+        assert_eq!(
+            plan.matches(".parquet").count(),
+            2,
+            "both files, one scan: {plan}"
+        );
+        assert!(!plan.contains("FilterExec"), "{cond}: {plan}");
+        let v = sql_ok(&app, "house", &q).await;
+        assert_eq!(v, serde_json::json!([{"st": sum}]), "{cond}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_run_while_decoding_where_time_bounds_cut_a_segment() {
     let (_d, state, app) = setup();
