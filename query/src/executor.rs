@@ -197,6 +197,28 @@ impl QueryExecutor {
         self.latest.kept()
     }
 
+    /// Keeps the latest rows of settled segments computed ahead of "last value" queries
+    /// (`LatestRows::warm`), every `tick`, on the query runtime, until the executor stops.
+    pub fn keep_latest_rows_warm(&self, engine: Arc<Engine>, tick: Duration) {
+        let Some(rt) = &self.runtime else { return };
+        let latest = Arc::clone(&self.latest);
+        // not an owner: the engine closes (and unlocks its directory) when its users drop it
+        let engine = Arc::downgrade(&engine);
+        rt.spawn(async move {
+            let mut every = tokio::time::interval(tick);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
+                let (snapshot, dir) = (engine.snapshot(), engine.config().data_dir.clone());
+                drop(engine);
+                latest.warm(&snapshot, &dir).await;
+            }
+        });
+    }
+
     /// Segment footers held by the metadata cache now.
     pub fn cached_segment_footers(&self) -> usize {
         self.metadata_cache.len()

@@ -54,8 +54,8 @@ use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, Operator, TableScan
 use datafusion::optimizer::optimizer::ApplyOrder;
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use talo_engine::SegmentMeta;
 use talo_engine::model::{ColumnType, TIME_COLUMN, tag_columns};
+use talo_engine::{SegmentMeta, Snapshot};
 use tokio::sync::OnceCell;
 
 use crate::catalog::LiveTable;
@@ -487,6 +487,63 @@ impl LatestRows {
             }
             alive
         });
+    }
+
+    /// Computes ahead of any query the latest rows of the settled segments of every table
+    /// a "last value" query has read (so the first such query after a flush or a
+    /// compaction does not read the new file), one segment at a time; forgets the
+    /// segments and tables gone from `snapshot`. Segments that overlap another segment
+    /// are left: the dedup merge reads them, and compaction will replace them.
+    pub(crate) async fn warm(self: &Arc<Self>, snapshot: &Snapshot, data_dir: &Path) {
+        let tables: Vec<(String, String)> = {
+            let kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            kept.tables.keys().cloned().collect()
+        };
+        for (db, table) in tables {
+            let segments: Vec<Arc<SegmentMeta>> = snapshot
+                .segments
+                .iter()
+                .filter(|s| s.db == db && s.table == table)
+                .cloned()
+                .collect();
+            if snapshot.catalog.table(&db, &table).is_none() {
+                let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let Kept { tables, bytes } = &mut *kept;
+                if let Some(gone) = tables.remove(&(db, table)) {
+                    let freed: usize = gone
+                        .values()
+                        .filter_map(|c| c.get().cloned().flatten())
+                        .map(|b| b.get_array_memory_size())
+                        .sum();
+                    *bytes = bytes.saturating_sub(freed);
+                }
+                continue;
+            }
+            self.retain(&db, &table, &segments);
+            for seg in &segments {
+                if self.has(seg) {
+                    continue;
+                }
+                let alone = segments.iter().all(|o| {
+                    o.path == seg.path || o.max_time < seg.min_time || o.min_time > seg.max_time
+                });
+                if !alone {
+                    continue;
+                }
+                if let Err(e) = self.of(data_dir, seg).await {
+                    tracing::warn!(segment = %seg.path, error = %e, "latest rows not computed");
+                }
+            }
+        }
+    }
+
+    /// Whether `seg`'s latest rows are computed (kept, or known to be over the budget).
+    fn has(&self, seg: &SegmentMeta) -> bool {
+        let kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        kept.tables
+            .get(&(seg.db.clone(), seg.table.clone()))
+            .and_then(|t| t.get(&seg.path))
+            .is_some_and(|c| c.initialized())
     }
 
     /// Segments whose rows are kept, and their bytes.

@@ -110,7 +110,10 @@ impl AppState {
 
     /// Hand over the recovered engine: the server becomes ready.
     pub fn set_engine(&self, engine: Arc<Engine>) {
-        let _ = self.engine.set(engine);
+        if self.engine.set(Arc::clone(&engine)).is_ok() {
+            self.executor
+                .keep_latest_rows_warm(engine, std::time::Duration::from_secs(1));
+        }
     }
 
     fn engine(&self) -> Result<&Arc<Engine>, ApiError> {

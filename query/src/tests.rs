@@ -2083,3 +2083,40 @@ async fn latest_values_relative_to_now_take_the_kept_rows_too() {
         assert_eq!(sql_ok(&app, "house", q).await, want);
     }
 }
+
+/// Once a table has had a "last value" query, the latest rows of its new settled
+/// segments are computed in the background, before any query asks for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_rows_of_new_segments_are_computed_before_any_query_asks() {
+    let (_d, state, app) = setup();
+    let engine = state.engine().unwrap();
+    let w = |body: String| post("/api/v1/write?db=house&precision=s", body);
+    let rows = |from: i64| -> String {
+        (from..from + 10)
+            .map(|t| format!("air,room=a v={t} {t}\nair,room=b v={} {t}\n", 100 + t))
+            .collect()
+    };
+    assert_eq!(send(&app, w(rows(0))).await.0, StatusCode::NO_CONTENT);
+    engine.flush().await.unwrap();
+    let q = "SELECT room, last_value(v ORDER BY time) AS v FROM air GROUP BY room ORDER BY room";
+    let want = |a: f64, b: f64| serde_json::json!([{"room": "a", "v": a}, {"room": "b", "v": b}]);
+    assert_eq!(sql_ok(&app, "house", q).await, want(9.0, 109.0));
+    assert_eq!(state.executor.latest_rows_kept().0, 1);
+
+    // a new segment after the first: computed with no query in between
+    assert_eq!(send(&app, w(rows(100))).await.0, StatusCode::NO_CONTENT);
+    engine.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while state.executor.latest_rows_kept().0 < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new segment's latest rows were not computed: {:?}",
+            state.executor.latest_rows_kept()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // the query reads both segments' kept rows, and no file
+    let plan = physical_plan(&app, "house", q).await;
+    assert_eq!(sources(&plan), (1, 0), "{plan}");
+    assert_eq!(sql_ok(&app, "house", q).await, want(109.0, 209.0));
+}
