@@ -402,6 +402,10 @@ struct Kept {
     /// by table, then by segment path
     tables: HashMap<(String, String), HashMap<String, Cell>>,
     bytes: usize,
+    /// by table: the oldest end time of a segment whose rows were asked for; warming
+    /// computes no segment that ends before it ("last hour" dashboards never ask for
+    /// last month's files)
+    horizon: HashMap<(String, String), i64>,
 }
 
 impl LatestRows {
@@ -414,6 +418,11 @@ impl LatestRows {
     ) -> Result<Option<Arc<RecordBatch>>> {
         let cell = {
             let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let horizon = kept
+                .horizon
+                .entry((seg.db.clone(), seg.table.clone()))
+                .or_insert(i64::MAX);
+            *horizon = (*horizon).min(seg.max_time);
             Arc::clone(
                 kept.tables
                     .entry((seg.db.clone(), seg.table.clone()))
@@ -476,7 +485,7 @@ impl LatestRows {
     /// expired).
     pub(crate) fn retain(&self, db: &str, table: &str, live: &[Arc<SegmentMeta>]) {
         let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Kept { tables, bytes } = &mut *kept;
+        let Kept { tables, bytes, .. } = &mut *kept;
         let Some(segments) = tables.get_mut(&(db.to_string(), table.to_string())) else {
             return;
         };
@@ -492,14 +501,15 @@ impl LatestRows {
     /// Computes ahead of any query the latest rows of the settled segments of every table
     /// a "last value" query has read (so the first such query after a flush or a
     /// compaction does not read the new file), one segment at a time; forgets the
-    /// segments and tables gone from `snapshot`. Segments that overlap another segment
-    /// are left: the dedup merge reads them, and compaction will replace them.
+    /// segments and tables gone from `snapshot`. Left: segments that overlap another
+    /// (the dedup merge reads them, and compaction will replace them) and segments that
+    /// end before every segment a query asked for (the table's horizon).
     pub(crate) async fn warm(self: &Arc<Self>, snapshot: &Snapshot, data_dir: &Path) {
-        let tables: Vec<(String, String)> = {
+        let tables: Vec<((String, String), i64)> = {
             let kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            kept.tables.keys().cloned().collect()
+            kept.horizon.iter().map(|(k, h)| (k.clone(), *h)).collect()
         };
-        for (db, table) in tables {
+        for ((db, table), horizon) in tables {
             let segments: Vec<Arc<SegmentMeta>> = snapshot
                 .segments
                 .iter()
@@ -508,7 +518,12 @@ impl LatestRows {
                 .collect();
             if snapshot.catalog.table(&db, &table).is_none() {
                 let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                let Kept { tables, bytes } = &mut *kept;
+                let Kept {
+                    tables,
+                    bytes,
+                    horizon,
+                } = &mut *kept;
+                horizon.remove(&(db.clone(), table.clone()));
                 if let Some(gone) = tables.remove(&(db, table)) {
                     let freed: usize = gone
                         .values()
@@ -521,7 +536,7 @@ impl LatestRows {
             }
             self.retain(&db, &table, &segments);
             for seg in &segments {
-                if self.has(seg) {
+                if seg.max_time < horizon || self.has(seg) {
                     continue;
                 }
                 let alone = segments.iter().all(|o| {
@@ -538,7 +553,7 @@ impl LatestRows {
     }
 
     /// Whether `seg`'s latest rows are computed (kept, or known to be over the budget).
-    fn has(&self, seg: &SegmentMeta) -> bool {
+    pub(crate) fn has(&self, seg: &SegmentMeta) -> bool {
         let kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         kept.tables
             .get(&(seg.db.clone(), seg.table.clone()))

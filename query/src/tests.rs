@@ -2120,3 +2120,52 @@ async fn latest_rows_of_new_segments_are_computed_before_any_query_asks() {
     assert_eq!(sources(&plan), (1, 0), "{plan}");
     assert_eq!(sql_ok(&app, "house", q).await, want(109.0, 209.0));
 }
+
+/// Warming computes the settled segments at or after the oldest one a query asked for,
+/// not older ones (late data flushed into a segment of its own, last month's files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_skips_segments_older_than_any_asked_for() {
+    let (_d, state, app) = setup();
+    let engine = state.engine().unwrap();
+    let w = |body: String| post("/api/v1/write?db=house&precision=s", body);
+    let rows = |room: &str, from: i64| -> String {
+        (from..from + 10)
+            .map(|t| format!("air,room={room} v={t} {t}\n"))
+            .collect()
+    };
+    // flushed in this order: 100 s.., late data at 0 s.., then 200 s..
+    for (room, from) in [("a", 100), ("z", 0), ("a", 200)] {
+        assert_eq!(
+            send(&app, w(rows(room, from))).await.0,
+            StatusCode::NO_CONTENT
+        );
+        engine.flush().await.unwrap();
+    }
+    let snapshot = engine.snapshot();
+    let segs: Vec<_> = snapshot
+        .segments
+        .iter()
+        .filter(|s| s.table == "air")
+        .cloned()
+        .collect();
+    assert_eq!(segs.len(), 3);
+    let by_start = |t: i64| {
+        Arc::clone(
+            segs.iter()
+                .find(|s| s.min_time == t * 1_000_000_000)
+                .unwrap(),
+        )
+    };
+    let (asked, late, newer) = (by_start(100), by_start(0), by_start(200));
+    let dir = engine.config().data_dir.clone();
+    let latest = Arc::new(crate::lastpoint::LatestRows::default());
+    // nothing asked for this table yet: nothing to warm
+    latest.warm(&snapshot, &dir).await;
+    assert_eq!(latest.kept().0, 0);
+    // a query asked for the segment from 100 s
+    latest.of(&dir, &asked).await.unwrap().unwrap();
+    latest.warm(&snapshot, &dir).await;
+    assert!(latest.has(&newer), "the newer segment is computed");
+    assert!(!latest.has(&late), "the older one is not");
+    assert_eq!(latest.kept().0, 2);
+}
