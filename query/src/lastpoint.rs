@@ -510,30 +510,20 @@ impl LatestRows {
             kept.horizon.iter().map(|(k, h)| (k.clone(), *h)).collect()
         };
         for ((db, table), horizon) in tables {
+            if snapshot.catalog.table(&db, &table).is_none() {
+                self.retain(&db, &table, &[]);
+                let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                let key = (db, table);
+                kept.tables.remove(&key);
+                kept.horizon.remove(&key);
+                continue;
+            }
             let segments: Vec<Arc<SegmentMeta>> = snapshot
                 .segments
                 .iter()
                 .filter(|s| s.db == db && s.table == table)
                 .cloned()
                 .collect();
-            if snapshot.catalog.table(&db, &table).is_none() {
-                let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                let Kept {
-                    tables,
-                    bytes,
-                    horizon,
-                } = &mut *kept;
-                horizon.remove(&(db.clone(), table.clone()));
-                if let Some(gone) = tables.remove(&(db, table)) {
-                    let freed: usize = gone
-                        .values()
-                        .filter_map(|c| c.get().cloned().flatten())
-                        .map(|b| b.get_array_memory_size())
-                        .sum();
-                    *bytes = bytes.saturating_sub(freed);
-                }
-                continue;
-            }
             self.retain(&db, &table, &segments);
             for seg in &segments {
                 if seg.max_time < horizon || self.has(seg) {

@@ -473,26 +473,14 @@ async fn segment_scans_prune_with_each_filter_once() {
 async fn tag_filters_while_decoding_over_files_older_than_the_tag() {
     let (_d, state, app) = setup();
     let engine = state.engine().unwrap();
-    let (s, _) = send(
-        &app,
-        post(
-            "/api/v1/write?db=house&precision=s",
-            "env,room=a t=1 100\nenv,room=b t=2 100\n",
-        ),
-    )
-    .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    engine.flush().await.unwrap();
-    let (s, _) = send(
-        &app,
-        post(
-            "/api/v1/write?db=house&precision=s",
-            "env,room=a,floor=1 t=3 200\nenv,room=b,floor=2 t=4 200\n",
-        ),
-    )
-    .await;
-    assert_eq!(s, StatusCode::NO_CONTENT);
-    engine.flush().await.unwrap();
+    for body in [
+        "env,room=a t=1 100\nenv,room=b t=2 100\n",
+        "env,room=a,floor=1 t=3 200\nenv,room=b,floor=2 t=4 200\n",
+    ] {
+        let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        engine.flush().await.unwrap();
+    }
     let cases = [
         ("floor = '1'", 3.0),
         ("floor IS NULL", 3.0),
