@@ -408,6 +408,15 @@ struct Kept {
     horizon: HashMap<(String, String), i64>,
 }
 
+impl Kept {
+    /// The cell of segment `path` of `db.table`, if there is one.
+    fn cell(&self, db: &str, table: &str, path: &str) -> Option<&Cell> {
+        self.tables
+            .get(&(db.to_string(), table.to_string()))
+            .and_then(|t| t.get(path))
+    }
+}
+
 impl LatestRows {
     /// The latest rows of `seg` (of `db.table`), or `None` if they are not kept (over the
     /// budget). The first call for a segment reads the file.
@@ -468,9 +477,7 @@ impl LatestRows {
         let size = batch.get_array_memory_size();
         let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let current = kept
-            .tables
-            .get(&(db.clone(), table.clone()))
-            .and_then(|t| t.get(path))
+            .cell(db, table, path)
             .is_some_and(|c| Arc::ptr_eq(c, cell));
         if current {
             if kept.bytes + size > BUDGET_BYTES {
@@ -545,9 +552,7 @@ impl LatestRows {
     /// Whether `seg`'s latest rows are computed (kept, or known to be over the budget).
     pub(crate) fn has(&self, seg: &SegmentMeta) -> bool {
         let kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        kept.tables
-            .get(&(seg.db.clone(), seg.table.clone()))
-            .and_then(|t| t.get(&seg.path))
+        kept.cell(&seg.db, &seg.table, &seg.path)
             .is_some_and(|c| c.initialized())
     }
 
