@@ -29,7 +29,7 @@ use talo_engine::{Snapshot, TableSnapshot};
 use crate::auth::{Permission, Principal};
 use crate::dedup::DedupTable;
 use crate::lastpoint::LatestRows;
-use crate::scan::{SegmentTable, TimeBounds, holds_throughout, is_time_bound};
+use crate::scan::{SegmentTable, TimeBounds, holds_throughout, is_time_bound, on_tags_only};
 
 /// Start of the error message for a database the token may not read.
 pub(crate) const DENIED: &str = "permission denied: ";
@@ -185,12 +185,15 @@ impl TableProvider for LiveTable {
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         // Bounds on time are exact: `scan` applies them where a file or buffer chunk
         // reaches past them, and nowhere else (a day's query over a day's files compared
-        // every row's time twice for nothing: ~8 % of its CPU, `perf`). Every other
-        // filter prunes below and is applied again above, as both providers say.
+        // every row's time twice for nothing: ~8 % of its CPU, `perf`). Filters on tags
+        // are exact too: `scan` applies them, over clean segments while decoding
+        // (`SegmentTable::scan_exact`), so the plan above has nothing left to push down.
+        // Every other filter prunes below and is applied again above, as both providers
+        // say.
         Ok(filters
             .iter()
             .map(|f| {
-                if is_time_bound(f) {
+                if is_time_bound(f) || on_tags_only(&self.schema, f) {
                     TableProviderFilterPushDown::Exact
                 } else {
                     TableProviderFilterPushDown::Inexact
@@ -239,6 +242,7 @@ impl TableProvider for LiveTable {
             .iter()
             .filter(|f| is_time_bound(f))
             .filter(|f| !sources.iter().all(|&(lo, hi)| holds_throughout(f, lo, hi)))
+            .chain(filters.iter().filter(|f| on_tags_only(&self.schema, f)))
             .cloned()
             .collect();
         // rows past the retention are never returned, even before their files are gone
@@ -255,6 +259,13 @@ impl TableProvider for LiveTable {
             Arc::clone(&q.latest)
         });
         let provider = table_provider(t, &q.data_dir, latest)?;
+        if let Some(segments) = provider.downcast_ref::<SegmentTable>()
+            && let Some(scan) = segments
+                .scan_exact(state, projection, filters, &keep, limit)
+                .await?
+        {
+            return Ok(scan);
+        }
         let Some(predicate) = conjunction(keep.iter().cloned()) else {
             return provider.scan(state, projection, filters, limit).await;
         };
@@ -263,8 +274,8 @@ impl TableProvider for LiveTable {
 }
 
 /// Scan `provider` and keep only the rows for which `predicate`, the conjunction of
-/// `keep`, holds (filters on time: the query's exact bounds and the retention cutoff).
-/// They prune like any filter and are applied to the rows above the scan.
+/// `keep`, holds (the query's exact filters: time bounds, tags, and the retention
+/// cutoff). They prune like any filter and are applied to the rows above the scan.
 async fn filtered(
     provider: &dyn TableProvider,
     state: &dyn Session,
@@ -274,16 +285,18 @@ async fn filtered(
     predicate: Expr,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = provider.schema();
-    let time = schema.index_of(TIME_COLUMN)?;
-    // the filter needs the time column even where the query does not
+    // the filter needs its columns even where the query does not read them
     let mut columns = projection.cloned();
-    let added = columns.as_mut().is_some_and(|c| {
-        let missing = !c.contains(&time);
-        if missing {
-            c.push(time);
+    let mut added = Vec::new();
+    if let Some(c) = columns.as_mut() {
+        for name in keep.iter().flat_map(|k| k.column_refs()) {
+            let i = schema.index_of(&name.name)?;
+            if !c.contains(&i) {
+                c.push(i);
+                added.push(name.name.clone());
+            }
         }
-        missing
-    });
+    }
     let mut all = filters.to_vec();
     all.extend(keep.iter().filter(|k| !filters.contains(k)).cloned());
     // no limit below the filter: it could stop the scan before the rows that pass (the
@@ -293,15 +306,14 @@ async fn filtered(
     let predicate =
         state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&scanned))?)?;
     let filtered: Arc<dyn ExecutionPlan> = Arc::new(FilterExec::try_new(predicate, scan)?);
-    if !added {
+    if added.is_empty() {
         return Ok(filtered);
     }
-    let time_at = scanned.index_of(TIME_COLUMN)?;
     let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = scanned
         .fields()
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != time_at)
+        .filter(|(_, f)| !added.contains(f.name()))
         .map(|(i, f)| {
             (
                 Arc::new(Column::new(f.name(), i)) as Arc<dyn PhysicalExpr>,

@@ -275,7 +275,7 @@ impl<'a> Chain<'a> {
     }
 }
 
-fn has_subquery(e: &Expr) -> bool {
+pub(crate) fn has_subquery(e: &Expr) -> bool {
     e.exists(|e| {
         Ok(matches!(
             e,
@@ -324,17 +324,18 @@ fn latest_rows_suffice(agg: &Aggregate) -> Option<LiveTable> {
             return None;
         }
     }
-    // the scan's own filters: time bounds (which it judges per segment), or tags; a
-    // literal bound is recognized by name (`is_time_bound`) since the scan applies it
-    // exactly and need not project its column
+    // the scan's own filters: time bounds (which it judges per segment), or tags; both
+    // are recognized against the table's schema (`is_time_bound`, `on_tags_only`) since
+    // the scan applies them exactly and need not project their columns
     let at_scan = chain.nodes.len();
+    let table_schema = chain.scan.source.schema();
     chain
         .scan
         .filters
         .iter()
         .all(|f| {
             is_time_bound(f)
-                || chain.on_tags_only(f, at_scan)
+                || crate::scan::on_tags_only(&table_schema, f)
                 || chain.time_comparison(f, at_scan).is_some()
         })
         .then(|| table.clone())

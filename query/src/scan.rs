@@ -2,41 +2,46 @@
 //! whole files by their manifest time range and hands the filters to the Parquet reader
 //! for row-group and page pruning (statistics + page index).
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use bytes::Bytes;
 use datafusion::catalog::Session;
 use datafusion::catalog::TableProvider;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::{DFSchema, Result, ScalarValue};
+use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileSource;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
-use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::can_expr_be_pushed_down_with_schemas;
+use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{
     FileGroup, FileGroupPartitioner, FileScanConfigBuilder, ParquetSource,
 };
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction as and_all;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::object_store::ObjectStore;
+use datafusion::object_store::path::Path as ObjectPath;
 use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
-use datafusion::parquet::errors::Result as ParquetResult;
+use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::utils::{conjunction, split_conjunction};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
+use datafusion::physical_plan::metrics::{Count, ExecutionPlanMetricsSet, MetricBuilder};
 use datafusion::physical_plan::union::UnionExec;
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -140,6 +145,21 @@ pub(crate) fn holds_throughout(e: &Expr, lo: i64, hi: i64) -> bool {
     }
 }
 
+/// Whether `e` filters on tags alone: it reads at least one column, every column it reads
+/// is a tag of `schema`, and it is deterministic with no subquery. Such a filter keeps or
+/// drops whole series, every copy of a point alike, so it may be applied on either side
+/// of the dedup merge; the table applies it exactly (`LiveTable`).
+pub(crate) fn on_tags_only(schema: &Schema, e: &Expr) -> bool {
+    let tags = tag_columns(schema);
+    let refs = e.column_refs();
+    !refs.is_empty()
+        && !e.is_volatile()
+        && !crate::lastpoint::has_subquery(e)
+        && refs
+            .iter()
+            .all(|c| schema.index_of(&c.name).is_ok_and(|i| tags.contains(&i)))
+}
+
 /// Whether `e` is a lower time bound (`time > literal`, `time >= literal`): it holds for
 /// a suffix of each series' rows in time order.
 pub(crate) fn is_lower_bound(e: &Expr) -> bool {
@@ -231,27 +251,14 @@ impl TableProvider for SegmentTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let bounds = TimeBounds::from_filters(filters);
-        let selected: Vec<&SegmentMeta> = self
-            .segments
-            .iter()
-            .filter(|s| bounds.overlaps(s.min_time, s.max_time))
-            .map(|s| s.as_ref())
-            .collect();
+        let selected = self.overlapping(&bounds);
         let Some(latest) = &self.latest else {
-            return self.parquet(state, &bounds, &selected, projection, filters, limit);
+            return self.parquet(state, &bounds, &selected, projection, filters, &[], limit);
         };
         // time bounds other than lower ones are judged per segment; a filter that is
         // neither such a bound nor on tags alone (a bound `now()` was not folded into,
         // say) leaves every segment to the scan
-        let tags = tag_columns(&self.schema);
-        let on_tags = |f: &Expr| {
-            !f.is_volatile()
-                && f.column_refs().iter().all(|c| {
-                    self.schema
-                        .index_of(&c.name)
-                        .is_ok_and(|i| tags.contains(&i))
-                })
-        };
+        let on_tags = |f: &Expr| on_tags_only(&self.schema, f);
         let cutting: Vec<&Expr> = filters
             .iter()
             .filter(|f| is_time_bound(f) && !is_lower_bound(f))
@@ -272,7 +279,7 @@ impl TableProvider for SegmentTable {
                 false => scanned.push(s),
             }
         }
-        let scan = self.parquet(state, &bounds, &scanned, projection, filters, limit)?;
+        let scan = self.parquet(state, &bounds, &scanned, projection, filters, &[], limit)?;
         if kept.is_empty() {
             return Ok(scan);
         }
@@ -289,7 +296,57 @@ impl TableProvider for SegmentTable {
 }
 
 impl SegmentTable {
-    /// A Parquet scan of `selected` (an empty plan if there are none).
+    /// The segments whose time ranges reach into `bounds`.
+    fn overlapping(&self, bounds: &TimeBounds) -> Vec<&SegmentMeta> {
+        self.segments
+            .iter()
+            .filter(|s| bounds.overlaps(s.min_time, s.max_time))
+            .map(|s| s.as_ref())
+            .collect()
+    }
+
+    /// A scan that returns only rows for which every filter of `exact` holds (a subset
+    /// of `filters`: tag filters, time bounds), where the Parquet reader can apply them
+    /// all while decoding; `None` where it cannot (kept latest rows stand in for some
+    /// segments, or a filter the reader cannot evaluate), and the caller filters above.
+    ///
+    /// Nothing is left for DataFusion's physical optimizer to push down then: no
+    /// `FilterExec` above the scan, no projection dropping the filter's columns, no
+    /// predicate to deduplicate. Those rewrites (filter pushdown, projection pushdown,
+    /// `DistinctScanPredicates`) were ~0.2 ms of a one-sensor query's ~0.65 ms of
+    /// physical planning (timed per rule, benches/README.md).
+    pub(crate) async fn scan_exact(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        exact: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        if self.latest.is_some() {
+            return Ok(None);
+        }
+        let bounds = TimeBounds::from_filters(filters);
+        let selected = self.overlapping(&bounds);
+        let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
+        for e in exact {
+            let physical = state.create_physical_expr(e.clone(), &df_schema)?;
+            if !can_expr_be_pushed_down_with_schemas(&physical, &self.schema) {
+                return Ok(None);
+            }
+        }
+        let all: Vec<Expr> = filters
+            .iter()
+            .chain(exact.iter().filter(|e| !filters.contains(e)))
+            .cloned()
+            .collect();
+        self.parquet(state, &bounds, &selected, projection, &all, exact, limit)
+            .map(Some)
+    }
+
+    /// A Parquet scan of `selected` (an empty plan if there are none). With `exact`
+    /// filters (see [`SegmentTable::scan_exact`]) the reader applies them while decoding.
+    #[allow(clippy::too_many_arguments)]
     fn parquet(
         &self,
         state: &dyn Session,
@@ -297,6 +354,7 @@ impl SegmentTable {
         selected: &[&SegmentMeta],
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
+        exact: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         // Late materialization (`pushdown_filters`: the filters run while decoding, the
@@ -318,17 +376,21 @@ impl SegmentTable {
             })
         });
         let late = on_tags
+            || !exact.is_empty()
             || selected
                 .iter()
                 .any(|s| s.min_time < bounds.min || s.max_time > bounds.max);
+        let mut paths = HashMap::with_capacity(selected.len());
         let files: Vec<PartitionedFile> = selected
             .iter()
             .map(|s| {
                 let path = self.data_dir.join(&s.path);
-                PartitionedFile::new(
+                let file = PartitionedFile::new(
                     path.to_string_lossy().trim_start_matches('/').to_string(),
                     s.bytes,
-                )
+                );
+                paths.insert(file.object_meta.location.clone(), path);
+                file
             })
             .collect();
         if files.is_empty() {
@@ -339,16 +401,18 @@ impl SegmentTable {
             return Ok(Arc::new(EmptyExec::new(projected)));
         }
         // footers and page indexes come from the executor's cache shared across queries
-        // (segment files never change once written); the default factory would re-read
-        // and re-decode them for every query
+        // (segment files never change once written), column bytes from the files
+        // (`SegmentReaderFactory`)
         let store = state
             .runtime_env()
             .object_store(ObjectStoreUrl::local_filesystem())?;
         let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
         let mut source = ParquetSource::new(Arc::clone(&self.schema))
-            .with_parquet_file_reader_factory(Arc::new(PageIndexedReaderFactory(
-                CachedParquetFileReaderFactory::new(store, metadata_cache),
-            )))
+            .with_parquet_file_reader_factory(Arc::new(SegmentReaderFactory {
+                store,
+                metadata_cache,
+                paths,
+            }))
             // segments carry no bloom filters: looking for them costs ~3 % of a query
             .with_bloom_filter_on_read(false)
             .with_pushdown_filters(late)
@@ -418,56 +482,124 @@ pub(crate) fn file_groups(
         .unwrap_or_else(|| one.to_vec())
 }
 
-/// [`CachedParquetFileReaderFactory`] whose readers always fetch the footer *with* the
-/// page index. DataFusion's opener asks for the footer alone and loads the page index
-/// afterwards on its own, outside the cache, so with the plain factory every query
-/// re-read and re-decoded the page index of every file it touched (~10 % of a narrow
-/// query's CPU, `perf`). Asked this way, the cache keeps footer + page index and the
-/// opener finds the index already there.
+/// Reads segment files for DataFusion's Parquet opener: footers *with* page indexes from
+/// the cache shared by all queries, column bytes with positioned reads on the calling
+/// thread.
+///
+/// Footers: DataFusion's opener asks for the footer alone and loads the page index
+/// afterwards on its own, outside the cache, so every query re-read and re-decoded the
+/// page index of every file it touched (~10 % of a narrow query's CPU, `perf`). Asked
+/// with the page index, the cache keeps both and the opener finds the index there.
+///
+/// Bytes: `object_store`'s local store hands every read to tokio's blocking pool (open
+/// the file, seek, read, wake the query's task): for a narrow query that reads a few
+/// pages of three columns per file, the hand-offs between threads cost more than the
+/// reads. Segments are immutable files on local disk, mostly in the page cache; a
+/// `pread` on the query thread is a copy. A read the page cache cannot serve blocks that
+/// query thread for the disk's latency, as decoding a large page would.
 #[derive(Debug)]
-struct PageIndexedReaderFactory(CachedParquetFileReaderFactory);
+struct SegmentReaderFactory {
+    store: Arc<dyn ObjectStore>,
+    metadata_cache: Arc<FileMetadataCache>,
+    /// Each file of the scan on disk, by the object-store path the scan gave it.
+    paths: HashMap<ObjectPath, PathBuf>,
+}
 
-impl ParquetFileReaderFactory for PageIndexedReaderFactory {
+impl ParquetFileReaderFactory for SegmentReaderFactory {
     fn create_reader(
         &self,
         partition_index: usize,
-        partitioned_file: PartitionedFile,
+        file: PartitionedFile,
         metadata_size_hint: Option<usize>,
         metrics: &ExecutionPlanMetricsSet,
     ) -> Result<Box<dyn AsyncFileReader + Send>> {
-        let inner = self.0.create_reader(
-            partition_index,
-            partitioned_file,
+        let location = &file.object_meta.location;
+        let Some(path) = self.paths.get(location) else {
+            return Err(DataFusionError::Internal(format!(
+                "segment {location} is not in the scan that reads it"
+            )));
+        };
+        let bytes_scanned = MetricBuilder::new(metrics)
+            .with_new_label("filename", location.to_string())
+            .counter("bytes_scanned", partition_index);
+        Ok(Box::new(SegmentReader {
+            store: Arc::clone(&self.store),
+            metadata_cache: Arc::clone(&self.metadata_cache),
+            path: path.clone(),
+            file,
             metadata_size_hint,
-            metrics,
-        )?;
-        Ok(Box::new(PageIndexedReader(inner)))
+            open: None,
+            bytes_scanned,
+        }))
     }
 }
 
-struct PageIndexedReader(Box<dyn AsyncFileReader + Send>);
+struct SegmentReader {
+    store: Arc<dyn ObjectStore>,
+    metadata_cache: Arc<FileMetadataCache>,
+    path: PathBuf,
+    file: PartitionedFile,
+    metadata_size_hint: Option<usize>,
+    /// Opened at the first read.
+    open: Option<std::fs::File>,
+    bytes_scanned: Count,
+}
 
-impl AsyncFileReader for PageIndexedReader {
+impl SegmentReader {
+    fn read(&mut self, range: Range<u64>) -> ParquetResult<Bytes> {
+        use std::os::unix::fs::FileExt;
+        let failed = |e: std::io::Error| {
+            ParquetError::General(format!("reading {}: {e}", self.path.display()))
+        };
+        let len = usize::try_from(range.end.saturating_sub(range.start))
+            .map_err(|e| ParquetError::General(e.to_string()))?;
+        let file = match &self.open {
+            Some(f) => f,
+            None => {
+                let f = std::fs::File::open(&self.path).map_err(failed)?;
+                self.open.insert(f)
+            }
+        };
+        let mut buf = vec![0; len];
+        // a range past the end (a truncated file) is an error, not a short read
+        file.read_exact_at(&mut buf, range.start).map_err(failed)?;
+        self.bytes_scanned.add(len);
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl AsyncFileReader for SegmentReader {
     fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, ParquetResult<Bytes>> {
-        self.0.get_bytes(range)
+        futures::future::ready(self.read(range)).boxed()
     }
 
     fn get_byte_ranges(
         &mut self,
         ranges: Vec<Range<u64>>,
     ) -> BoxFuture<'_, ParquetResult<Vec<Bytes>>> {
-        self.0.get_byte_ranges(ranges)
+        let read = ranges.into_iter().map(|r| self.read(r)).collect();
+        futures::future::ready(read).boxed()
     }
 
     fn get_metadata<'a>(
         &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
+        _options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, ParquetResult<Arc<ParquetMetaData>>> {
-        let options = options
-            .cloned()
-            .unwrap_or_default()
-            .with_page_index_policy(PageIndexPolicy::Optional);
-        async move { self.0.get_metadata(Some(&options)).await }.boxed()
+        async move {
+            DFParquetMetadata::new(self.store.as_ref(), &self.file.object_meta)
+                .with_file_metadata_cache(Some(Arc::clone(&self.metadata_cache)))
+                .with_metadata_size_hint(self.metadata_size_hint)
+                .with_page_index_policy(Some(PageIndexPolicy::Optional))
+                .fetch_metadata()
+                .await
+                .map_err(|e| {
+                    ParquetError::General(format!(
+                        "reading the footer of {}: {e}",
+                        self.path.display()
+                    ))
+                })
+        }
+        .boxed()
     }
 }
 

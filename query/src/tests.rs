@@ -505,6 +505,104 @@ async fn tag_filters_while_decoding_over_files_older_than_the_tag() {
     }
 }
 
+/// Filters on tags are exact filters of the table: over clean segments the reader runs
+/// them while decoding, and the plan DataFusion starts from has no filter, and no
+/// projection dropping the tag, left to push down; where the buffer or overlapping
+/// segments are merged (and where kept latest rows stand in for segments) the table
+/// filters above its scan itself. Every answer is checked either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_filters_are_applied_by_the_table() {
+    let (_d, state, app) = setup();
+    let engine = state.engine().unwrap();
+    let body: String = (0..10)
+        .flat_map(|i| {
+            let t = 100 + 10 * i;
+            [
+                format!("env,room=a,floor=1 t={i} {t}\n"),
+                format!("env,room=b,floor=2 t={} {t}\n", 100 + i),
+            ]
+        })
+        .collect();
+    let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    engine.flush().await.unwrap();
+    let q = "SELECT date_bin(INTERVAL '1 minute', time) AS m, sum(t) AS st FROM env \
+             WHERE room = 'a' GROUP BY m ORDER BY m";
+    let v = sql_ok(&app, "house", &format!("EXPLAIN VERBOSE {q}")).await;
+    let initial = plan_text(&v, "initial_physical_plan");
+    assert!(!initial.contains("FilterExec"), "{initial}");
+    assert!(initial.contains("predicate=room@"), "{initial}");
+    assert!(!initial.contains("room@1 as room"), "{initial}");
+    let want = serde_json::json!([
+        {"m": "1970-01-01T00:01:00Z", "st": 1.0},
+        {"m": "1970-01-01T00:02:00Z", "st": 27.0},
+        {"m": "1970-01-01T00:03:00Z", "st": 17.0}
+    ]);
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+
+    // a rewrite of a point of room b in the buffer, over the segment: merged, then
+    // filtered above; the tag is read for the filter though the query does not return it
+    let (s, _) = send(
+        &app,
+        post(
+            "/api/v1/write?db=house&precision=s",
+            "env,room=b,floor=2 t=7 150\n",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let plan = physical_plan(&app, "house", q).await;
+    assert!(plan.contains("DedupExec"), "{plan}");
+    assert!(plan.contains("FilterExec"), "{plan}");
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+    let b = "SELECT sum(t) AS st FROM env WHERE room = 'b' AND floor = '2'";
+    assert_eq!(
+        sql_ok(&app, "house", b).await,
+        serde_json::json!([{"st": 1045.0 - 105.0 + 7.0}])
+    );
+    let latest = "SELECT room, last_value(t ORDER BY time) AS l FROM env WHERE floor = '1' \
+                  GROUP BY room";
+    assert_eq!(
+        sql_ok(&app, "house", latest).await,
+        serde_json::json!([{"room": "a", "l": 9.0}])
+    );
+}
+
+/// A segment cut short under a running server (a failing disk, a hand at work in the
+/// data directory): the query reading it gets a clear error, the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_truncated_under_the_server_fails_only_its_query() {
+    let (d, state, app) = setup();
+    for part in 0..7 {
+        let body: String = (part * 100..part * 100 + 100)
+            .map(|i| format!("env,room=r{} t={i} {}\n", i % 7, 100 + i))
+            .collect();
+        let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+    state.engine().unwrap().flush().await.unwrap();
+    let q = "SELECT room, sum(t) AS st FROM env GROUP BY room ORDER BY room";
+    // the footer is read and cached by the first query
+    assert_eq!(sql_ok(&app, "house", q).await.as_array().unwrap().len(), 7);
+    let files = parquet_files(d.path());
+    let [file] = files.as_slice() else {
+        panic!("one segment expected: {files:?}");
+    };
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.set_len(64).unwrap();
+    let (s, v) = sql(&app, "house", q).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    let msg = v.to_string();
+    assert!(
+        msg.contains(&format!("reading {}", file.display())),
+        "{msg}"
+    );
+    assert_eq!(
+        sql_ok(&app, "house", "SELECT 1 AS one").await,
+        serde_json::json!([{"one": 1}])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_run_while_decoding_where_time_bounds_cut_a_segment() {
     let (_d, state, app) = setup();
@@ -634,8 +732,8 @@ async fn time_bounds_are_applied_only_where_a_source_reaches_past_them() {
     );
 }
 
-/// The Arrow type each `.parquet` file under `dir` stores column `col` as.
-fn stored_types(dir: &std::path::Path, col: &str) -> Vec<String> {
+/// The `.parquet` files under `dir`.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -644,20 +742,30 @@ fn stored_types(dir: &std::path::Path, col: &str) -> Vec<String> {
             if p.is_dir() {
                 stack.push(p);
             } else if p.extension().is_some_and(|x| x == "parquet") {
-                let r = datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                    std::fs::File::open(&p).unwrap(),
-                )
-                .unwrap();
-                out.push(
-                    r.schema()
-                        .field_with_name(col)
-                        .unwrap()
-                        .data_type()
-                        .to_string(),
-                );
+                out.push(p);
             }
         }
     }
+    out
+}
+
+/// The Arrow type each `.parquet` file under `dir` stores column `col` as.
+fn stored_types(dir: &std::path::Path, col: &str) -> Vec<String> {
+    let mut out = parquet_files(dir)
+        .into_iter()
+        .map(|p| {
+            let r =
+                datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                    std::fs::File::open(&p).unwrap(),
+                )
+                .unwrap();
+            r.schema()
+                .field_with_name(col)
+                .unwrap()
+                .data_type()
+                .to_string()
+        })
+        .collect::<Vec<_>>();
     out.sort();
     out
 }
