@@ -375,8 +375,16 @@ impl SegmentTable {
                     .is_ok_and(|i| tags.contains(&i))
             })
         });
+        // an exact filter that some file reaches past (a tag filter, a cutting bound,
+        // the retention cutoff inside a file) must run while decoding; one that holds
+        // throughout every file is not even in the predicate
+        let reaches_past = |f: &Expr| {
+            !selected
+                .iter()
+                .all(|s| holds_throughout(f, s.min_time, s.max_time))
+        };
         let late = on_tags
-            || !exact.is_empty()
+            || exact.iter().any(reaches_past)
             || selected
                 .iter()
                 .any(|s| s.min_time < bounds.min || s.max_time > bounds.max);
@@ -421,11 +429,7 @@ impl SegmentTable {
         // A time bound that holds throughout every file read prunes nothing and drops no
         // row: left out of the predicate, it costs no statistics check per row group,
         // and, under late materialization, no decoding of the time column to test it.
-        let needed = filters.iter().filter(|f| {
-            !selected
-                .iter()
-                .all(|s| holds_throughout(f, s.min_time, s.max_time))
-        });
+        let needed = filters.iter().filter(|f| reaches_past(f));
         if let Some(predicate) = and_all(needed.cloned()) {
             let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
             let physical = state.create_physical_expr(predicate, &df_schema)?;
