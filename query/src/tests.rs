@@ -2264,4 +2264,17 @@ async fn warming_skips_segments_older_than_any_asked_for() {
     assert!(latest.has(&newer), "the newer segment is computed");
     assert!(!latest.has(&late), "the older one is not");
     assert_eq!(latest.kept().0, 2);
+    // a snapshot without the table (an engine that never had it): everything kept for
+    // it is forgotten, its bytes too, and nothing is read for it again
+    let empty_dir = tempfile::tempdir().unwrap();
+    let empty = Engine::open(talo_engine::EngineConfig {
+        data_dir: empty_dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    latest.warm(&empty.snapshot(), &dir).await;
+    assert_eq!(latest.kept(), (0, 0));
+    assert!(!latest.has(&asked) && !latest.has(&newer));
+    latest.warm(&snapshot, &dir).await;
+    assert_eq!(latest.kept().0, 0, "the table's horizon is forgotten too");
 }
