@@ -135,6 +135,8 @@ pub(crate) struct QuerySnapshot {
     pub(crate) now_ns: i64,
     /// Settled segments' latest rows, kept across queries.
     pub(crate) latest: Arc<LatestRows>,
+    /// Segments' series runs, kept across queries.
+    pub(crate) series: Arc<crate::series::SeriesIndex>,
 }
 
 /// A table as the planner sees it: a name and a schema. Scanning it reads the query's

@@ -29,6 +29,7 @@ use crate::auth::Principal;
 use crate::catalog::{QuerySnapshot, TaloCatalog};
 pub use crate::plans::PlanCacheStats;
 use crate::plans::{PlanCache, PlanKey, fold_moment};
+use crate::series::SeriesIndex;
 
 /// Name of the DataFusion catalog holding the databases.
 pub const CATALOG: &str = "talo";
@@ -51,6 +52,9 @@ pub struct QueryConfig {
     /// Optimized plans of repeated SQL kept for reuse (least recently used out first;
     /// `plans.rs` says which plans qualify). Default 256; 0 turns the cache off.
     pub plan_cache_entries: usize,
+    /// Where each series' rows lie in each segment file (`series.rs`), kept in memory
+    /// across queries, in bytes. Default 32 MiB; 0 turns the index off.
+    pub series_index_bytes: usize,
 }
 
 impl Default for QueryConfig {
@@ -64,6 +68,7 @@ impl Default for QueryConfig {
                 .unwrap_or(2),
             metadata_cache_bytes: 64 << 20,
             plan_cache_entries: 256,
+            series_index_bytes: 32 << 20,
         }
     }
 }
@@ -135,6 +140,8 @@ pub struct QueryExecutor {
     plans: Arc<PlanCache>,
     /// Settled segments' latest rows per series (`lastpoint.rs`).
     latest: Arc<crate::lastpoint::LatestRows>,
+    /// Segments' series runs (`series.rs`).
+    series: Arc<SeriesIndex>,
 }
 
 impl std::fmt::Debug for QueryExecutor {
@@ -173,6 +180,7 @@ impl QueryExecutor {
         Ok(QueryExecutor {
             plans: Arc::new(PlanCache::new(config.plan_cache_entries)),
             latest: Arc::default(),
+            series: Arc::new(SeriesIndex::new(config.series_index_bytes)),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             metadata_cache,
             config,
@@ -197,11 +205,17 @@ impl QueryExecutor {
         self.latest.kept()
     }
 
+    /// Segment files whose series runs are kept (`series.rs`), and the bytes they hold.
+    pub fn series_runs_kept(&self) -> (usize, usize) {
+        self.series.kept()
+    }
+
     /// Keeps the latest rows of settled segments computed ahead of "last value" queries
     /// (`LatestRows::warm`), every `tick`, on the query runtime, until the executor stops.
     pub fn keep_latest_rows_warm(&self, engine: Arc<Engine>, tick: Duration) {
         let Some(rt) = &self.runtime else { return };
         let latest = Arc::clone(&self.latest);
+        let series = Arc::clone(&self.series);
         // not an owner: the engine closes (and unlocks its directory) when its users drop it
         let engine = Arc::downgrade(&engine);
         rt.spawn(async move {
@@ -214,6 +228,7 @@ impl QueryExecutor {
                 };
                 let (snapshot, dir) = (engine.snapshot(), engine.config().data_dir.clone());
                 drop(engine);
+                series.retain_live(&snapshot);
                 latest.warm(&snapshot, &dir).await;
             }
         });
@@ -437,6 +452,7 @@ impl QueryExecutor {
             data_dir: engine.config().data_dir.clone(),
             now_ns: talo_engine::retention::now_ns(),
             latest: Arc::clone(&self.latest),
+            series: Arc::clone(&self.series),
         }));
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(

@@ -19,6 +19,7 @@ mod plans;
 pub mod rollup;
 mod runs;
 mod scan;
+mod series;
 mod sql_api;
 mod write;
 

@@ -174,6 +174,19 @@ pub(crate) async fn metrics(
         "Memory held by those kept latest rows.",
         bytes as u64,
     );
+    let (segments, bytes) = s.executor.series_runs_kept();
+    gauge(
+        &mut out,
+        "talo_query_series_index_segments",
+        "Segments whose series runs are kept, so that tag filters select rows by run.",
+        segments as u64,
+    );
+    gauge(
+        &mut out,
+        "talo_query_series_index_bytes",
+        "Memory held by those series runs.",
+        bytes as u64,
+    );
     if let Some(e) = s.engine.get() {
         let m = e.metrics();
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -20,6 +20,7 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::physical_plan::FileSource;
 use datafusion::datasource::physical_plan::ParquetFileReaderFactory;
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
 use datafusion::datasource::physical_plan::parquet::can_expr_be_pushed_down_with_schemas;
 use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
 use datafusion::datasource::physical_plan::{
@@ -32,7 +33,7 @@ use datafusion::logical_expr::utils::conjunction as and_all;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::object_store::ObjectStore;
 use datafusion::object_store::path::Path as ObjectPath;
-use datafusion::parquet::arrow::arrow_reader::ArrowReaderOptions;
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, RowSelection};
 use datafusion::parquet::arrow::async_reader::AsyncFileReader;
 use datafusion::parquet::errors::{ParquetError, Result as ParquetResult};
 use datafusion::parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
@@ -48,7 +49,9 @@ use futures::future::BoxFuture;
 use talo_engine::SegmentMeta;
 use talo_engine::model::{TIME_COLUMN, tag_columns};
 
+use crate::catalog::QuerySnapshot;
 use crate::lastpoint::{LatestRows, conform};
+use crate::series::tag_schema;
 
 /// Inclusive time bounds (ns) implied by a query's filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -367,8 +370,18 @@ impl SegmentTable {
         // (and floats stored as decimals cast) before the filter dropped them. With every
         // file inside the bounds and no tag filter there is nothing to skip; there it
         // only costs.
+        // Filters on tags alone are answered by the files' series runs where every file
+        // has them (`series.rs`): each file then reads exactly the rows of the series
+        // that pass, and those filters leave the predicate.
+        let tag_filters: Vec<&Expr> = filters
+            .iter()
+            .filter(|f| on_tags_only(&self.schema, f))
+            .collect();
+        let by_runs = self.run_selections(state, selected, &tag_filters)?;
+        let answered = by_runs.is_some();
+        let pending = |f: &&Expr| !answered || !tag_filters.contains(f);
         let tags = tag_columns(&self.schema);
-        let on_tags = filters.iter().any(|f| {
+        let on_tags = filters.iter().filter(pending).any(|f| {
             f.column_refs().iter().any(|c| {
                 self.schema
                     .index_of(&c.name)
@@ -384,23 +397,30 @@ impl SegmentTable {
                 .all(|s| holds_throughout(f, s.min_time, s.max_time))
         };
         let late = on_tags
-            || exact.iter().any(reaches_past)
+            || exact.iter().filter(pending).any(reaches_past)
             || selected
                 .iter()
                 .any(|s| s.min_time < bounds.min || s.max_time > bounds.max);
         let mut paths = HashMap::with_capacity(selected.len());
-        let files: Vec<PartitionedFile> = selected
-            .iter()
-            .map(|s| {
-                let path = self.data_dir.join(&s.path);
-                let file = PartitionedFile::new(
-                    path.to_string_lossy().trim_start_matches('/').to_string(),
-                    s.bytes,
-                );
-                paths.insert(file.object_meta.location.clone(), path);
-                file
-            })
-            .collect();
+        let mut runs = by_runs.map(Vec::into_iter);
+        let mut files: Vec<PartitionedFile> = Vec::with_capacity(selected.len());
+        for s in selected {
+            let path = self.data_dir.join(&s.path);
+            let mut file = PartitionedFile::new(
+                path.to_string_lossy().trim_start_matches('/').to_string(),
+                s.bytes,
+            );
+            match runs.as_mut().and_then(Iterator::next) {
+                // no series of the file passes the tag filters
+                Some((_, 0)) => continue,
+                Some((selection, _)) => {
+                    file = file.with_extension(ParquetRowSelection::new(selection))
+                }
+                None => {}
+            }
+            paths.insert(file.object_meta.location.clone(), path);
+            files.push(file);
+        }
         if files.is_empty() {
             let projected = match projection {
                 Some(p) => Arc::new(self.schema.project(p)?),
@@ -429,7 +449,7 @@ impl SegmentTable {
         // A time bound that holds throughout every file read prunes nothing and drops no
         // row: left out of the predicate, it costs no statistics check per row group,
         // and, under late materialization, no decoding of the time column to test it.
-        let needed = filters.iter().filter(|f| reaches_past(f));
+        let needed = filters.iter().filter(pending).filter(|f| reaches_past(f));
         if let Some(predicate) = and_all(needed.cloned()) {
             let df_schema = DFSchema::try_from(Arc::clone(&self.schema))?;
             let physical = state.create_physical_expr(predicate, &df_schema)?;
@@ -448,6 +468,36 @@ impl SegmentTable {
                 .with_limit(limit)
                 .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+impl SegmentTable {
+    /// Per file of `selected`, the rows where every filter of `tags` (filters on tags
+    /// alone) holds, by the file's series runs, and how many they are; `None` where
+    /// there are no such filters, or some file's runs are not at hand (being computed,
+    /// or the file is not indexed: `series.rs`).
+    fn run_selections(
+        &self,
+        state: &dyn Session,
+        selected: &[&SegmentMeta],
+        tags: &[&Expr],
+    ) -> Result<Option<Vec<(RowSelection, u64)>>> {
+        let Some(predicate) = and_all(tags.iter().map(|e| (*e).clone())) else {
+            return Ok(None);
+        };
+        let Some(q) = state.config().get_extension::<QuerySnapshot>() else {
+            return Ok(None);
+        };
+        let Some(runs) = q.series.runs(&self.data_dir, selected) else {
+            return Ok(None);
+        };
+        let tag_schema = tag_schema(&self.schema);
+        let predicate =
+            state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&tag_schema))?)?;
+        runs.iter()
+            .map(|r| r.select(&predicate, &tag_schema))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
     }
 }
 

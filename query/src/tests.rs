@@ -505,6 +505,128 @@ async fn tag_filters_while_decoding_over_files_older_than_the_tag() {
     }
 }
 
+/// Filters on tags alone select rows by the segments' series runs (`series.rs`) once
+/// those are computed: no predicate is left for the reader, a file where no series
+/// passes is not read, and every answer is the one the row-by-row filter gave before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_filters_select_rows_by_series_runs() {
+    let (_d, state, app) = setup();
+    let engine = state.engine().unwrap();
+    // (room, floor, second, t): 40 points per series, an old file without floors
+    let mut rows: Vec<(&str, Option<&str>, i64, i64)> = Vec::new();
+    for (k, room) in ["a", "b", "c"].into_iter().enumerate() {
+        rows.extend((0..40).map(|i| (room, None, 100 + i, 1000 * k as i64 + i)));
+    }
+    for (k, (room, floor)) in [("a", "1"), ("b", "2"), ("c", "1")].into_iter().enumerate() {
+        rows.extend((0..40).map(|i| (room, Some(floor), 1000 + i, 5000 + 100 * k as i64 + i)));
+    }
+    for file in [&rows[..120], &rows[120..]] {
+        let body: String = file
+            .iter()
+            .map(|(room, floor, sec, t)| match floor {
+                Some(f) => format!("env,room={room},floor={f} t={t}i {sec}\n"),
+                None => format!("env,room={room} t={t}i {sec}\n"),
+            })
+            .collect();
+        let (s, _) = send(&app, post("/api/v1/write?db=house&precision=s", body)).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        engine.flush().await.unwrap();
+    }
+    type Row<'a> = (&'a str, Option<&'a str>, i64, i64);
+    type Pass = Box<dyn Fn(&Row) -> bool>;
+    let cases: Vec<(&str, Pass, usize)> = vec![
+        ("room = 'a'", Box::new(|r| r.0 == "a"), 2),
+        ("floor = '1'", Box::new(|r| r.1 == Some("1")), 1),
+        ("floor IS NULL", Box::new(|r| r.1.is_none()), 1),
+        ("floor <> '1'", Box::new(|r| r.1 == Some("2")), 1),
+        (
+            "room IN ('b', 'c') AND floor IS NOT NULL",
+            Box::new(|r| r.0 != "a" && r.1.is_some()),
+            1,
+        ),
+        (
+            "room = 'b' OR floor = '1'",
+            Box::new(|r| r.0 == "b" || r.1 == Some("1")),
+            2,
+        ),
+        ("room LIKE 'z%'", Box::new(|_| false), 0),
+        (
+            "room = 'c' AND time >= '1970-01-01T00:01:50Z'",
+            Box::new(|r| r.0 == "c" && r.2 >= 110),
+            2,
+        ),
+    ];
+    let query = |cond: &str| format!("SELECT count(*) AS n, sum(t) AS st FROM env WHERE {cond}");
+    let want = |rows: &[Row], f: &dyn Fn(&Row) -> bool| {
+        let hit: Vec<&Row> = rows.iter().filter(|r| f(r)).collect();
+        let st = (!hit.is_empty()).then(|| hit.iter().map(|r| r.3).sum::<i64>());
+        serde_json::json!([{"n": hit.len(), "st": st}])
+    };
+    // the first queries scan as before (and start computing the runs)
+    for (cond, f, _) in &cases {
+        assert_eq!(
+            sql_ok(&app, "house", &query(cond)).await,
+            want(&rows, f),
+            "{cond}"
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while state.executor.series_runs_kept().0 < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "series runs not computed"
+        );
+        sql_ok(&app, "house", &query("room = 'a'")).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for (cond, f, files) in &cases {
+        let plan = physical_plan(&app, "house", &query(cond)).await;
+        assert_eq!(plan.matches(".parquet").count(), *files, "{cond}: {plan}");
+        if !cond.contains("time") {
+            assert!(!plan.contains("predicate="), "{cond}: {plan}");
+        }
+        assert!(!plan.contains("FilterExec"), "{cond}: {plan}");
+        assert_eq!(
+            sql_ok(&app, "house", &query(cond)).await,
+            want(&rows, f),
+            "{cond}"
+        );
+    }
+    // a rewrite of b's first point in the buffer, over the newer file: merged, by runs too
+    let (s, _) = send(
+        &app,
+        post(
+            "/api/v1/write?db=house&precision=s",
+            "env,room=b,floor=2 t=7i 1000\n",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    for r in rows.iter_mut().filter(|r| r.0 == "b" && r.2 == 1000) {
+        r.3 = 7;
+    }
+    for (cond, f, _) in &cases {
+        assert_eq!(
+            sql_ok(&app, "house", &query(cond)).await,
+            want(&rows, f),
+            "{cond} (merged)"
+        );
+    }
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.contains("\ntalo_query_series_index_segments 2\n"),
+        "{text}"
+    );
+}
+
 /// Filters on tags are exact filters of the table: over clean segments the reader runs
 /// them while decoding, and the plan DataFusion starts from has no filter, and no
 /// projection dropping the tag, left to push down; where the buffer or overlapping
