@@ -231,17 +231,18 @@ impl SeriesIndex {
         let mut missing = Vec::new();
         {
             let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            // the segments of one scan are of one table
+            let (db, name) = (&segs[0].db, &segs[0].table);
+            if segs.iter().any(|s| s.db != *db || s.table != *name) {
+                return None;
+            }
+            let t = kept.tables.entry((db.clone(), name.clone())).or_default();
             for s in segs {
-                let table = kept
-                    .tables
-                    .entry((s.db.clone(), s.table.clone()))
-                    .or_default();
-                match table.get(&s.path) {
+                match t.get(&s.path) {
                     Some(Entry::Done(Some(r))) => found.push(Arc::clone(r)),
-                    Some(Entry::Done(None)) => return None,
-                    Some(Entry::Pending) => {}
+                    Some(Entry::Done(None)) | Some(Entry::Pending) => {}
                     None => {
-                        table.insert(s.path.clone(), Entry::Pending);
+                        t.insert(s.path.clone(), Entry::Pending);
                         missing.push((s.db.clone(), s.table.clone(), s.path.clone()));
                     }
                 }
@@ -249,7 +250,6 @@ impl SeriesIndex {
         }
         if !missing.is_empty() {
             self.compute(data_dir, missing);
-            return None;
         }
         (found.len() == segs.len()).then_some(found)
     }
@@ -463,6 +463,84 @@ mod tests {
         let rooms = runs.tags.column(0).as_dictionary::<Int32Type>();
         assert_eq!(rooms.values().len(), 3);
         let _: &StringArray = rooms.values().as_string();
+    }
+
+    fn meta(id: u64, path: &str) -> SegmentMeta {
+        SegmentMeta {
+            id,
+            db: "d".into(),
+            table: "t".into(),
+            partition: 0,
+            path: path.into(),
+            min_time: 0,
+            max_time: 1,
+            rows: 1,
+            bytes: 1,
+            seq: None,
+        }
+    }
+
+    /// Until every file of a scan has its runs there are none for the scan; a file that
+    /// is not indexed does not keep the others from being computed, and a segment gone
+    /// from the snapshot is forgotten with its bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_are_computed_in_the_background_and_forgotten_with_their_segment() {
+        let d = tempfile::tempdir().unwrap();
+        let long: Vec<_> = ["a", "b"]
+            .into_iter()
+            .flat_map(|room| (0..40).map(move |i| (room, Some("1"), i)))
+            .collect();
+        write(&d.path().join("long.parquet"), &long, 50);
+        let short: Vec<_> = (0..100)
+            .map(|i| (["a", "b"][i % 2], None, i as i64))
+            .collect();
+        write(&d.path().join("short.parquet"), &short, 50);
+        let (l, s) = (meta(1, "long.parquet"), meta(2, "short.parquet"));
+        let index = Arc::new(SeriesIndex::new(1 << 20));
+        let wait = |n: usize| {
+            let index = Arc::clone(&index);
+            async move {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while index
+                    .inner
+                    .lock()
+                    .unwrap()
+                    .tables
+                    .values()
+                    .flat_map(|t| t.values())
+                    .filter(|e| matches!(e, Entry::Done(_)))
+                    .count()
+                    < n
+                {
+                    assert!(std::time::Instant::now() < deadline, "runs not computed");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        assert!(index.runs(d.path(), &[&s]).is_none());
+        wait(1).await;
+        assert!(
+            index.runs(d.path(), &[&s]).is_none(),
+            "short runs: not indexed"
+        );
+        assert!(index.runs(d.path(), &[&s, &l]).is_none());
+        wait(2).await;
+        assert_eq!(index.kept().0, 1);
+        assert!(index.runs(d.path(), &[&s, &l]).is_none());
+        let runs = index.runs(d.path(), &[&l]).expect("indexed");
+        assert_eq!(runs[0].bounds, vec![0, 40, 80]);
+        assert!(index.kept().1 > 0);
+
+        let snapshot = |segments: Vec<Arc<SegmentMeta>>| Snapshot {
+            catalog: Arc::default(),
+            generations: Vec::new(),
+            segments: Arc::new(segments),
+            retention: Arc::default(),
+        };
+        index.retain_live(&snapshot(vec![Arc::new(l.clone())]));
+        assert_eq!(index.kept().0, 1);
+        index.retain_live(&snapshot(Vec::new()));
+        assert_eq!(index.kept(), (0, 0));
     }
 
     #[test]
