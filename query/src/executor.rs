@@ -211,7 +211,9 @@ impl QueryExecutor {
     }
 
     /// Keeps the latest rows of settled segments computed ahead of "last value" queries
-    /// (`LatestRows::warm`), every `tick`, on the query runtime, until the executor stops.
+    /// (`LatestRows::warm`), every `tick`, on the query runtime, until the executor stops;
+    /// indexes the series runs of the segments there at the first tick (startup) and
+    /// forgets those of segments gone (`SeriesIndex::warm_all`, `retain_live`).
     pub fn keep_latest_rows_warm(&self, engine: Arc<Engine>, tick: Duration) {
         let Some(rt) = &self.runtime else { return };
         let latest = Arc::clone(&self.latest);
@@ -221,6 +223,7 @@ impl QueryExecutor {
         rt.spawn(async move {
             let mut every = tokio::time::interval(tick);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut started = false;
             loop {
                 every.tick().await;
                 let Some(engine) = engine.upgrade() else {
@@ -229,6 +232,11 @@ impl QueryExecutor {
                 let (snapshot, dir) = (engine.snapshot(), engine.config().data_dir.clone());
                 drop(engine);
                 series.retain_live(&snapshot);
+                if !started {
+                    // the segments there at startup are indexed ahead of any query
+                    series.warm_all(&snapshot, &dir);
+                    started = true;
+                }
                 latest.warm(&snapshot, &dir).await;
             }
         });

@@ -254,6 +254,33 @@ impl SeriesIndex {
         (found.len() == segs.len()).then_some(found)
     }
 
+    /// Starts computing the runs of every segment of `snapshot` not yet indexed, in one
+    /// background task (after a restart: the index is not persisted, and a dashboard's
+    /// first queries should not pay for it, nor run beside its computation). Segments
+    /// written later are indexed when a scan first asks for them.
+    pub(crate) fn warm_all(self: &Arc<Self>, snapshot: &Snapshot, data_dir: &Path) {
+        if self.budget == 0 {
+            return;
+        }
+        let mut missing = Vec::new();
+        {
+            let mut kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            for s in snapshot.segments.iter() {
+                let t = kept
+                    .tables
+                    .entry((s.db.clone(), s.table.clone()))
+                    .or_default();
+                if !t.contains_key(&s.path) {
+                    t.insert(s.path.clone(), Entry::Pending);
+                    missing.push((s.db.clone(), s.table.clone(), s.path.clone()));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            self.compute(data_dir, missing);
+        }
+    }
+
     /// Computes the runs of `missing` (db, table, path) one after another in a blocking
     /// task of the current runtime (none: they stay pending until a later call).
     fn compute(self: &Arc<Self>, data_dir: &Path, missing: Vec<(String, String, String)>) {
@@ -530,6 +557,22 @@ mod tests {
         let runs = index.runs(d.path(), &[&l]).expect("indexed");
         assert_eq!(runs[0].bounds, vec![0, 40, 80]);
         assert!(index.kept().1 > 0);
+
+        // after a restart: every segment of the snapshot, without a scan asking
+        let fresh = Arc::new(SeriesIndex::new(1 << 20));
+        let all = Snapshot {
+            catalog: Arc::default(),
+            generations: Vec::new(),
+            segments: Arc::new(vec![Arc::new(l.clone()), Arc::new(s.clone())]),
+            retention: Arc::default(),
+        };
+        fresh.warm_all(&all, d.path());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fresh.kept().0 < 1 {
+            assert!(std::time::Instant::now() < deadline, "not warmed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(fresh.runs(d.path(), &[&l]).is_some());
 
         let snapshot = |segments: Vec<Arc<SegmentMeta>>| Snapshot {
             catalog: Arc::default(),
