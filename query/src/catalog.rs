@@ -137,6 +137,80 @@ pub(crate) struct QuerySnapshot {
     pub(crate) latest: Arc<LatestRows>,
     /// Segments' series runs, kept across queries.
     pub(crate) series: Arc<crate::series::SeriesIndex>,
+    /// What each table scan of this query read, while every scan so far could be
+    /// replayed (`None` once one could not): a physical plan may then be run again by a
+    /// later query whose snapshot gives the same inputs (`plans.rs`).
+    pub(crate) scans: std::sync::Mutex<Option<Vec<ScanRecord>>>,
+}
+
+impl QuerySnapshot {
+    /// The query's snapshot, with an empty scan log.
+    pub(crate) fn new(
+        snapshot: Arc<Snapshot>,
+        data_dir: PathBuf,
+        now_ns: i64,
+        latest: Arc<LatestRows>,
+        series: Arc<crate::series::SeriesIndex>,
+    ) -> Self {
+        QuerySnapshot {
+            snapshot,
+            data_dir,
+            now_ns,
+            latest,
+            series,
+            scans: std::sync::Mutex::new(Some(Vec::new())),
+        }
+    }
+
+    /// The scans of this query, if every one of them may be replayed.
+    pub(crate) fn take_scans(&self) -> Option<Vec<ScanRecord>> {
+        self.scans.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn record(&self, scan: Option<ScanRecord>) {
+        let mut log = self.scans.lock().unwrap_or_else(|p| p.into_inner());
+        match scan {
+            Some(r) => {
+                if let Some(l) = log.as_mut() {
+                    l.push(r)
+                }
+            }
+            None => *log = None,
+        }
+    }
+
+    /// Whether each of `scans` would read exactly what it read before, from this
+    /// snapshot.
+    pub(crate) fn gives_same_inputs(&self, scans: &[ScanRecord]) -> bool {
+        scans.iter().all(|r| {
+            r.table
+                .sources(self, &r.filters)
+                .ok()
+                .and_then(|(t, cut)| r.table.inputs(self, &t, cut, &r.filters))
+                .is_some_and(|i| i == r.inputs)
+        })
+    }
+}
+
+/// One table scan of a query: the table, the filters it was given and what it read.
+#[derive(Debug, Clone)]
+pub(crate) struct ScanRecord {
+    table: LiveTable,
+    filters: Vec<Expr>,
+    inputs: ScanInputs,
+}
+
+/// All that a table scan's plan depends on in the query's snapshot, where it reads no
+/// buffered rows and no kept latest rows: the segments its time bounds reach into
+/// (segment files never change; ids are never reused), the retention cutoff where some
+/// of those reach past it (it moves with every query), and whether the segments' series
+/// runs were all at hand (a plan made while they were computed does without them; it is
+/// made again once they are there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScanInputs {
+    segments: Vec<u64>,
+    cut: Option<i64>,
+    runs_ready: bool,
 }
 
 /// A table as the planner sees it: a name and a schema. Scanning it reads the query's
@@ -168,6 +242,67 @@ impl LiveTable {
 
     pub(crate) fn is_latest_only(&self) -> bool {
         self.latest_only
+    }
+
+    /// The table in `q`'s snapshot with only the segments and buffered chunks that the
+    /// time bounds among `filters` reach into, and the retention cutoff where some of
+    /// those reach past it. The rest cannot give a row: leaving them out keeps them from
+    /// deciding the plan (a segment overlapping only buffered rows outside the bounds
+    /// is read as it is: the copies lie outside the bounds too, which are applied to
+    /// every source reaching past them).
+    fn sources(&self, q: &QuerySnapshot, filters: &[Expr]) -> Result<(TableSnapshot, Option<i64>)> {
+        let Some(mut t) = q.snapshot.table(&self.db, &self.name) else {
+            return Err(DataFusionError::Plan(format!(
+                "table {}.{} no longer exists",
+                self.db, self.name
+            )));
+        };
+        if t.table.schema() != self.schema {
+            // plans are reused only while the schemas hold (`plans.rs`)
+            return Err(DataFusionError::Internal(format!(
+                "table {}.{} changed its schema after the query was planned",
+                self.db, self.name
+            )));
+        }
+        let range = TimeBounds::from_filters(filters);
+        t.segments
+            .retain(|s| range.overlaps(s.min_time, s.max_time));
+        t.chunks.retain(|c| range.overlaps(c.min_time, c.max_time));
+        let oldest = t
+            .segments
+            .iter()
+            .map(|s| s.min_time)
+            .chain(t.chunks.iter().map(|c| c.min_time))
+            .min();
+        let cut = q
+            .snapshot
+            .retention
+            .cutoff(&self.db, &self.name, q.now_ns)
+            .filter(|&cut| oldest.is_some_and(|o| o < cut));
+        Ok((t, cut))
+    }
+
+    /// What a scan of `t` (as [`LiveTable::sources`] gives it) depends on, where it can
+    /// be replayed: not where it reads buffered rows (they change with every write) or
+    /// kept latest rows (filled as queries ask).
+    fn inputs(
+        &self,
+        q: &QuerySnapshot,
+        t: &TableSnapshot,
+        cut: Option<i64>,
+        filters: &[Expr],
+    ) -> Option<ScanInputs> {
+        if self.latest_only || !t.chunks.is_empty() {
+            return None;
+        }
+        let segments: Vec<&talo_engine::SegmentMeta> = t.segments.iter().map(|s| &**s).collect();
+        let runs_ready =
+            filters.iter().any(|f| on_tags_only(&self.schema, f)) && q.series.settled(&segments);
+        Some(ScanInputs {
+            segments: segments.iter().map(|s| s.id).collect(),
+            cut,
+            runs_ready,
+        })
     }
 }
 
@@ -216,29 +351,20 @@ impl TableProvider for LiveTable {
                 "a talo table was scanned outside a query".into(),
             ));
         };
-        let Some(t) = q.snapshot.table(&self.db, &self.name) else {
-            return Err(DataFusionError::Plan(format!(
-                "table {}.{} no longer exists",
-                self.db, self.name
-            )));
-        };
-        if t.table.schema() != self.schema {
-            // plans are reused only while the schemas hold (`plans.rs`)
-            return Err(DataFusionError::Internal(format!(
-                "table {}.{} changed its schema after the query was planned",
-                self.db, self.name
-            )));
-        }
+        let (t, cut) = self.sources(&q, filters)?;
+        let inputs = self.inputs(&q, &t, cut, filters);
+        q.record(inputs.map(|inputs| ScanRecord {
+            table: self.clone(),
+            filters: filters.to_vec(),
+            inputs,
+        }));
         // the time bounds (exact, see above) that some file or chunk the scan reads
-        // reaches past; a source outside `range` is skipped by the scan, which prunes
-        // by the same filters
-        let range = TimeBounds::from_filters(filters);
+        // reaches past
         let sources = t
             .segments
             .iter()
             .map(|s| (s.min_time, s.max_time))
             .chain(t.chunks.iter().map(|c| (c.min_time, c.max_time)))
-            .filter(|&(lo, hi)| range.overlaps(lo, hi))
             .collect::<Vec<_>>();
         let mut keep: Vec<Expr> = filters
             .iter()
@@ -248,7 +374,7 @@ impl TableProvider for LiveTable {
             .cloned()
             .collect();
         // rows past the retention are never returned, even before their files are gone
-        if let Some(cut) = q.snapshot.retention.cutoff(&self.db, &self.name, q.now_ns) {
+        if let Some(cut) = cut {
             keep.push(
                 ident(TIME_COLUMN).gt_eq(lit(ScalarValue::TimestampNanosecond(
                     Some(cut),
@@ -257,7 +383,11 @@ impl TableProvider for LiveTable {
             );
         }
         let latest = self.latest_only.then(|| {
-            q.latest.retain(&self.db, &self.name, &t.segments);
+            // every segment of the table, not only those in the bounds: the others' rows
+            // stay kept for other queries
+            if let Some(all) = q.snapshot.table(&self.db, &self.name) {
+                q.latest.retain(&self.db, &self.name, &all.segments);
+            }
             Arc::clone(&q.latest)
         });
         let provider = table_provider(t, &q.data_dir, latest)?;

@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use crate::auth::Principal;
 use crate::catalog::{QuerySnapshot, TaloCatalog};
 pub use crate::plans::PlanCacheStats;
-use crate::plans::{PlanCache, PlanKey, fold_moment};
+use crate::plans::{CachedPlan, PlanCache, PlanKey, fold_moment};
 use crate::series::SeriesIndex;
 
 /// Name of the DataFusion catalog holding the databases.
@@ -297,12 +297,16 @@ impl QueryExecutor {
         rt.spawn(async move {
             let timeout = cfg.timeout;
             let produce = async {
-                let (plan, schema) = session.plan(&plans, key, &cfg).await?;
-                if tx.send(Ok(Streamed::Schema(schema))).await.is_err() {
+                let planned = session.plan(&plans, key, &cfg).await?;
+                if tx
+                    .send(Ok(Streamed::Schema(Arc::clone(&planned.schema))))
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
                 let mut stream = session
-                    .execute(&plan)
+                    .execute(&plans, &planned)
                     .await
                     .map_err(|e| classify(e, &cfg))?;
                 while let Some(b) = stream.next().await {
@@ -455,13 +459,13 @@ impl QueryExecutor {
         let mut state = self.template.clone();
         let config = state.config_mut();
         config.options_mut().catalog.default_schema = db.to_string();
-        config.set_extension(Arc::new(QuerySnapshot {
-            snapshot: Arc::clone(&snapshot),
-            data_dir: engine.config().data_dir.clone(),
-            now_ns: talo_engine::retention::now_ns(),
-            latest: Arc::clone(&self.latest),
-            series: Arc::clone(&self.series),
-        }));
+        config.set_extension(Arc::new(QuerySnapshot::new(
+            Arc::clone(&snapshot),
+            engine.config().data_dir.clone(),
+            talo_engine::retention::now_ns(),
+            Arc::clone(&self.latest),
+            Arc::clone(&self.series),
+        )));
         let catalogs = MemoryCatalogProviderList::new();
         catalogs.register_catalog(
             CATALOG.to_string(),
@@ -482,7 +486,7 @@ impl Session {
         plans: &PlanCache,
         key: PlanKey,
         cfg: &QueryConfig,
-    ) -> Result<(LogicalPlan, SchemaRef), QueryError> {
+    ) -> Result<Planned, QueryError> {
         // the moment `now()` stands for, as `SessionContext::sql` would set it
         self.state.mark_start_execution();
         let query = self.state.config().get_extension::<QuerySnapshot>();
@@ -492,7 +496,11 @@ impl Session {
             } else {
                 p.plan.clone()
             };
-            return Ok((plan, Arc::clone(&p.schema)));
+            return Ok(Planned {
+                plan,
+                schema: Arc::clone(&p.schema),
+                kept: Some(p),
+            });
         }
         let options = SQLOptions::new()
             .with_allow_ddl(false)
@@ -513,31 +521,66 @@ impl Session {
             let mut timeless = self.state.clone();
             timeless.execution_props_mut().query_execution_start_time = None;
             if let Ok(kept) = timeless.optimize(&plan) {
-                plans.put(key, reuse, kept.clone(), Arc::clone(&schema));
+                let p = plans.put(key, reuse, kept.clone(), Arc::clone(&schema));
                 let folded = fold_moment(kept, &self.state).map_err(|e| classify(e, cfg))?;
-                return Ok((folded, schema));
+                return Ok(Planned {
+                    plan: folded,
+                    schema,
+                    kept: Some(p),
+                });
             }
         }
         let optimized = self.state.optimize(&plan).map_err(|e| classify(e, cfg))?;
-        if let Some(reuse) = reuse.filter(|r| !r.moment) {
-            plans.put(key, reuse, optimized.clone(), Arc::clone(&schema));
-        }
-        Ok((optimized, schema))
+        let kept = reuse
+            .filter(|r| !r.moment)
+            .map(|reuse| plans.put(key, reuse, optimized.clone(), Arc::clone(&schema)));
+        Ok(Planned {
+            plan: optimized,
+            schema,
+            kept,
+        })
     }
 
-    /// Plan the optimized `plan` physically and start it under this query's runtime.
+    /// Plan `planned` physically — or take the physical plan its kept plan holds, where
+    /// this query's snapshot gives it the same scans (`plans.rs`) — and start it under
+    /// this query's runtime.
     async fn execute(
         &self,
-        plan: &LogicalPlan,
+        plans: &PlanCache,
+        planned: &Planned,
     ) -> Result<SendableRecordBatchStream, DataFusionError> {
-        let physical = self
-            .state
-            .query_planner()
-            .create_physical_plan(plan, &self.state)
-            .await?;
+        let query = self.state.config().get_extension::<QuerySnapshot>();
+        let reused = match (&planned.kept, &query) {
+            (Some(kept), Some(q)) => plans.physical(kept, q),
+            _ => None,
+        };
+        let physical = match reused {
+            Some(p) => p,
+            None => {
+                let physical = self
+                    .state
+                    .query_planner()
+                    .create_physical_plan(&planned.plan, &self.state)
+                    .await?;
+                if let (Some(kept), Some(scans)) =
+                    (&planned.kept, query.and_then(|q| q.take_scans()))
+                {
+                    kept.keep_physical(&physical, scans);
+                }
+                physical
+            }
+        };
         let task = TaskContext::from(&self.state).with_runtime(Arc::clone(&self.runtime));
         execute_stream(physical, Arc::new(task))
     }
+}
+
+/// A query's optimized logical plan, its result schema, and the plan cache's entry for
+/// it where there is one.
+struct Planned {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+    kept: Option<Arc<CachedPlan>>,
 }
 
 async fn execute(
@@ -546,12 +589,12 @@ async fn execute(
     key: PlanKey,
     cfg: QueryConfig,
 ) -> Result<QueryOutput, QueryError> {
-    let (plan, schema) = session.plan(&plans, key, &cfg).await?;
+    let planned = session.plan(&plans, key, &cfg).await?;
     // the result is held until it is encoded: count it against the query's memory pool
     // like every operator's state, so a huge result fails with 413 instead of growing
     let reservation = MemoryConsumer::new("query result").register(&session.runtime.memory_pool);
     let mut stream = session
-        .execute(&plan)
+        .execute(&plans, &planned)
         .await
         .map_err(|e| classify(e, &cfg))?;
     let mut batches = Vec::new();
@@ -562,7 +605,10 @@ async fn execute(
             .map_err(|e| classify(e, &cfg))?;
         batches.push(b);
     }
-    Ok(QueryOutput { schema, batches })
+    Ok(QueryOutput {
+        schema: planned.schema,
+        batches,
+    })
 }
 
 fn classify(e: DataFusionError, cfg: &QueryConfig) -> QueryError {

@@ -161,6 +161,12 @@ pub(crate) async fn metrics(
         "Optimized plans held by the plan cache.",
         plans.entries as u64,
     );
+    counter(
+        &mut out,
+        "talo_query_physical_plan_reuses_total",
+        "Queries that ran a kept physical plan (same SQL, same segments read).",
+        plans.physical_reuses,
+    );
     let (segments, bytes) = s.executor.latest_rows_kept();
     gauge(
         &mut out,

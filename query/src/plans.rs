@@ -20,6 +20,18 @@
 //!   any other non-immutable function (`random()`) or holding placeholders are not kept;
 //! - the catalog itself: plans reading anything but [`LiveTable`]s (`information_schema`)
 //!   and `EXPLAIN`/`DESCRIBE` are not cached.
+//!
+//! A kept plan that does not call `now()` also keeps the *physical* plan its last query
+//! made (planning it physically — the table scans, then the physical optimizer — was
+//! about 0.65 ms of a one-sensor query's 1.6: `benches/README.md`). That plan holds what
+//! the scans read of that query's snapshot, so it is run again only for a query whose
+//! snapshot gives every scan the same inputs ([`ScanInputs`](crate::catalog::ScanInputs):
+//! the same segments in the bounds, no buffered rows there, no kept latest rows, the same
+//! retention cutoff, the series runs as ready as they were), each time as a fresh copy
+//! (`reset_plan_states`: new operator state and metrics). Not kept: plans with dynamic
+//! filters (top-k, joins, `min`/`max` without groups: a copy would keep the bound the
+//! last run tightened) or recursion. After [`MAX_PHYSICAL_RUNS`] runs it is planned
+//! anew: the scan's metrics set, shared by its copies, grows a little with every run.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -32,13 +44,20 @@ use datafusion::execution::cache::lru_queue::LruQueue;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::optimizer::simplify_expressions::SimplifyExpressions;
 use datafusion::optimizer::{Optimizer, OptimizerConfig};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::DynamicFilterPhysicalExpr;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use talo_engine::Snapshot;
 
 use crate::auth::Principal;
-use crate::catalog::LiveTable;
+use crate::catalog::{LiveTable, QuerySnapshot, ScanRecord};
 
 /// Longest SQL whose plan is kept: a bound on what one entry can hold.
 const MAX_SQL_BYTES: usize = 16 << 10;
+
+/// Runs of one kept physical plan before it is planned anew (see the module docs).
+pub(crate) const MAX_PHYSICAL_RUNS: usize = 32;
 
 /// What a cached plan is found by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,6 +84,16 @@ pub(crate) struct CachedPlan {
     pub(crate) plan: LogicalPlan,
     pub(crate) schema: SchemaRef,
     pub(crate) reuse: Reuse,
+    /// The physical plan of its last query, where it may be run again.
+    physical: Mutex<Option<Physical>>,
+}
+
+/// A physical plan and the scans it was made from.
+#[derive(Debug)]
+struct Physical {
+    plan: Arc<dyn ExecutionPlan>,
+    scans: Vec<ScanRecord>,
+    runs: usize,
 }
 
 /// What a plan that may be kept depends on.
@@ -78,6 +107,39 @@ pub(crate) struct Reuse {
 }
 
 impl CachedPlan {
+    /// A fresh copy of the physical plan made for an earlier query, where `q`'s snapshot
+    /// gives each of its scans the same inputs; `None` where it must be planned (and
+    /// then [`CachedPlan::keep_physical`]).
+    pub(crate) fn physical(&self, q: &QuerySnapshot) -> Option<Arc<dyn ExecutionPlan>> {
+        if self.reuse.moment {
+            return None;
+        }
+        let mut slot = self.physical.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = slot.as_mut()?;
+        if !q.gives_same_inputs(&kept.scans) {
+            *slot = None;
+            return None;
+        }
+        kept.runs += 1;
+        let plan = reset_plan_states(Arc::clone(&kept.plan)).ok();
+        if kept.runs >= MAX_PHYSICAL_RUNS || plan.is_none() {
+            *slot = None;
+        }
+        plan
+    }
+
+    /// Keep `plan`, made by a query whose scans were `scans`, where it may run again.
+    pub(crate) fn keep_physical(&self, plan: &Arc<dyn ExecutionPlan>, scans: Vec<ScanRecord>) {
+        if self.reuse.moment || !replayable(plan) {
+            return;
+        }
+        *self.physical.lock().unwrap_or_else(|p| p.into_inner()) = Some(Physical {
+            plan: Arc::clone(plan),
+            scans,
+            runs: 0,
+        });
+    }
+
     /// Whether every table the plan reads still has the schema it was planned with.
     fn holds_for(&self, snapshot: &Snapshot) -> bool {
         self.reuse.tables.iter().all(|(db, table, schema)| {
@@ -95,6 +157,8 @@ pub struct PlanCacheStats {
     pub hits: u64,
     pub misses: u64,
     pub entries: usize,
+    /// Queries that ran a kept physical plan.
+    pub physical_reuses: u64,
 }
 
 /// Least recently used plans, at most `capacity` of them.
@@ -103,6 +167,7 @@ pub(crate) struct PlanCache {
     entries: Mutex<LruQueue<PlanKey, Arc<CachedPlan>>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    physical_reuses: AtomicU64,
 }
 
 impl std::fmt::Debug for PlanCache {
@@ -121,6 +186,7 @@ impl PlanCache {
             entries: Mutex::new(LruQueue::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            physical_reuses: AtomicU64::new(0),
         }
     }
 
@@ -165,17 +231,38 @@ impl PlanCache {
     }
 
     /// Keep `plan`, optimized as `reuse` says, for `key`.
-    pub(crate) fn put(&self, key: PlanKey, reuse: Reuse, plan: LogicalPlan, schema: SchemaRef) {
+    pub(crate) fn put(
+        &self,
+        key: PlanKey,
+        reuse: Reuse,
+        plan: LogicalPlan,
+        schema: SchemaRef,
+    ) -> Arc<CachedPlan> {
         let cached = Arc::new(CachedPlan {
             plan,
             schema,
             reuse,
+            physical: Mutex::new(None),
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.put(key, cached);
+        entries.put(key, Arc::clone(&cached));
         while entries.len() > self.capacity {
             entries.pop();
         }
+        cached
+    }
+
+    /// [`CachedPlan::physical`], counted.
+    pub(crate) fn physical(
+        &self,
+        cached: &CachedPlan,
+        q: &QuerySnapshot,
+    ) -> Option<Arc<dyn ExecutionPlan>> {
+        let plan = cached.physical(q);
+        if plan.is_some() {
+            self.physical_reuses.fetch_add(1, Ordering::Relaxed);
+        }
+        plan
     }
 
     pub(crate) fn stats(&self) -> PlanCacheStats {
@@ -183,8 +270,48 @@ impl PlanCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             entries: self.entries.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            physical_reuses: self.physical_reuses.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Whether a copy of `plan` (`reset_plan_states`) runs as the plan itself would: no
+/// dynamic filter (its bound, tightened by the last run, is shared by the copies) and no
+/// recursion.
+fn replayable(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let dynamic = |e: &Arc<dyn PhysicalExpr>| {
+        let mut found = false;
+        let _ = e.apply(|x| {
+            found = x.is::<DynamicFilterPhysicalExpr>();
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        });
+        found
+    };
+    let mut ok = true;
+    let _ = plan.apply(|node| {
+        let refused = matches!(node.name(), "RecursiveQueryExec" | "WorkTableExec")
+            || !node.dynamic_expressions_produced().is_empty();
+        let mut in_exprs = false;
+        let _ = node.apply_expressions(&mut |e| {
+            in_exprs = dynamic(e);
+            Ok(if in_exprs {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        });
+        ok = !refused && !in_exprs;
+        Ok(if ok {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    ok
 }
 
 /// Functions whose value is the query's start time (or derived from it): folded into

@@ -344,6 +344,23 @@ impl SeriesIndex {
         tables.retain(|_, segments| !segments.is_empty());
     }
 
+    /// Whether every segment of `segs` (of one table) has been looked at: its runs are
+    /// kept or it is not indexed. `false` while one is computing or was never asked for.
+    pub(crate) fn settled(&self, segs: &[&SegmentMeta]) -> bool {
+        if self.budget == 0 {
+            return true;
+        }
+        let Some(first) = segs.first() else {
+            return true;
+        };
+        let kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(t) = kept.tables.get(&(first.db.clone(), first.table.clone())) else {
+            return false;
+        };
+        segs.iter()
+            .all(|s| matches!(t.get(&s.path), Some(Entry::Done(_))))
+    }
+
     /// Segment files whose runs are kept, and their bytes.
     pub(crate) fn kept(&self) -> (usize, usize) {
         let kept = self.inner.lock().unwrap_or_else(|p| p.into_inner());
