@@ -70,7 +70,7 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn everyone() -> Self {
+    pub(crate) fn everyone() -> Self {
         Principal {
             name: None,
             all_databases: true,

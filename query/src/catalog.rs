@@ -167,6 +167,11 @@ impl QuerySnapshot {
         self.scans.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
+    /// An empty scan log again, for planning the query once more.
+    pub(crate) fn restart_scans(&self) {
+        *self.scans.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+    }
+
     fn record(&self, scan: Option<ScanRecord>) {
         let mut log = self.scans.lock().unwrap_or_else(|p| p.into_inner());
         match scan {

@@ -195,6 +195,14 @@ impl QueryExecutor {
     }
 
     /// Hits, misses and entries of the plan cache.
+    /// The most partitions an operator of the physical plan kept for `sql` (run by anyone,
+    /// in `db`) runs in (tests).
+    #[cfg(test)]
+    pub(crate) fn kept_physical_partitions(&self, db: &str, sql: &str) -> Option<usize> {
+        let key = PlanKey::new(sql, db, &Principal::everyone());
+        self.plans.kept_physical_partitions(&key)
+    }
+
     pub fn plan_cache_stats(&self) -> PlanCacheStats {
         self.plans.stats()
     }
@@ -557,14 +565,35 @@ impl Session {
         let physical = match reused {
             Some(p) => p,
             None => {
-                let physical = self
+                let mut physical = self
                     .state
                     .query_planner()
                     .create_physical_plan(&planned.plan, &self.state)
                     .await?;
-                if let (Some(kept), Some(scans)) =
-                    (&planned.kept, query.and_then(|q| q.take_scans()))
+                let mut scans = query.as_ref().and_then(|q| q.take_scans());
+                // A plan that will be kept and reads few rows (tag filters answered by
+                // the series runs: one sensor over a day is 8,640 rows) is planned again
+                // in one partition: starting and joining two partitions (repartition,
+                // merge, their tasks' hand-offs) cost more than reading that much twice
+                // as fast (`benches/README.md`). Paid once per kept plan.
+                let partitions = self.state.config().target_partitions();
+                let few =
+                    crate::scan::rows_selected(&physical).is_some_and(|n| n <= ONE_PARTITION_ROWS);
+                if let (Some(kept), Some(q), Some(_)) = (&planned.kept, &query, &scans)
+                    && kept.may_keep_physical()
+                    && partitions > 1
+                    && few
                 {
+                    let mut one = self.state.clone();
+                    one.config_mut().options_mut().execution.target_partitions = 1;
+                    q.restart_scans();
+                    physical = one
+                        .query_planner()
+                        .create_physical_plan(&planned.plan, &one)
+                        .await?;
+                    scans = q.take_scans();
+                }
+                if let (Some(kept), Some(scans)) = (&planned.kept, scans) {
                     kept.keep_physical(&physical, scans);
                 }
                 physical
@@ -574,6 +603,9 @@ impl Session {
         execute_stream(physical, Arc::new(task))
     }
 }
+
+/// Rows up to which a kept plan reads its scans in one partition (see `Session::execute`).
+const ONE_PARTITION_ROWS: u64 = 65_536;
 
 /// A query's optimized logical plan, its result schema, and the plan cache's entry for
 /// it where there is one.

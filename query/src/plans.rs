@@ -128,6 +128,11 @@ impl CachedPlan {
         plan
     }
 
+    /// Whether a physical plan of this one may be kept at all (it does not call `now()`).
+    pub(crate) fn may_keep_physical(&self) -> bool {
+        !self.reuse.moment
+    }
+
     /// Keep `plan`, made by a query whose scans were `scans`, where it may run again.
     pub(crate) fn keep_physical(&self, plan: &Arc<dyn ExecutionPlan>, scans: Vec<ScanRecord>) {
         if self.reuse.moment || !replayable(plan) {
@@ -250,6 +255,21 @@ impl PlanCache {
             entries.pop();
         }
         cached
+    }
+
+    /// The most partitions any operator of the physical plan kept for `key` runs in.
+    #[cfg(test)]
+    pub(crate) fn kept_physical_partitions(&self, key: &PlanKey) -> Option<usize> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = entries.peek(key)?;
+        let kept = cached.physical.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = &kept.as_ref()?.plan;
+        let mut most = 0;
+        let _ = plan.apply(|node| {
+            most = most.max(node.properties().output_partitioning().partition_count());
+            Ok(TreeNodeRecursion::Continue)
+        });
+        Some(most)
     }
 
     /// [`CachedPlan::physical`], counted.

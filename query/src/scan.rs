@@ -13,7 +13,7 @@ use bytes::Bytes;
 use datafusion::catalog::Session;
 use datafusion::catalog::TableProvider;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
@@ -499,6 +499,43 @@ impl SegmentTable {
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
+}
+
+/// The rows the leaves of `plan` read, where every leaf says: Parquet scans whose files
+/// all carry a row selection (tag filters answered by the series runs), empty plans.
+/// `None` where a leaf reads rows it cannot count ahead (a whole file, buffered rows).
+pub(crate) fn rows_selected(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
+    let mut total = Some(0u64);
+    let _ = plan.apply(|node| {
+        if !node.children().is_empty() {
+            return Ok(TreeNodeRecursion::Continue);
+        }
+        let rows = if node.downcast_ref::<EmptyExec>().is_some() {
+            Some(0)
+        } else if let Some((config, _)) = node
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|e| e.downcast_to_file_source::<ParquetSource>())
+        {
+            config
+                .file_groups
+                .iter()
+                .flat_map(|g| g.files())
+                .map(|f| {
+                    f.extension::<ParquetRowSelection>()
+                        .map(|s| s.selection().row_count() as u64)
+                })
+                .sum::<Option<u64>>()
+        } else {
+            None
+        };
+        total = total.zip(rows).map(|(a, b)| a + b);
+        Ok(if total.is_some() {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    total
 }
 
 /// The files of one scan spread over `parts` partitions (the session's

@@ -591,6 +591,25 @@ async fn tag_filters_select_rows_by_series_runs() {
             want(&rows, f),
             "{cond}"
         );
+        // planned in one partition (few rows selected) and kept: the same answer again
+        let reuses = state.executor.plan_cache_stats().physical_reuses;
+        assert_eq!(
+            sql_ok(&app, "house", &query(cond)).await,
+            want(&rows, f),
+            "{cond} (again)"
+        );
+        assert_eq!(
+            state.executor.plan_cache_stats().physical_reuses,
+            reuses + 1,
+            "{cond}"
+        );
+        assert_eq!(
+            state
+                .executor
+                .kept_physical_partitions("house", &query(cond)),
+            Some(1),
+            "{cond}"
+        );
     }
     // a rewrite of b's first point in the buffer, over the newer file: merged, by runs too
     let (s, _) = send(
