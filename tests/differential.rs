@@ -61,6 +61,10 @@ fn answers_match_duckdb() {
     // rows), the join nor `min` without groups (dynamic filters)
     let reused = metric(&talo, "talo_query_physical_plan_reuses_total").unwrap();
     assert_eq!(reused, 4.0);
+    // of those, the one reading few rows (one sensor's, selected by its series runs)
+    // ran in place, on the HTTP runtime
+    let in_place = metric(&talo, "talo_query_inline_runs_total").unwrap();
+    assert_eq!(in_place, 1.0);
 }
 
 /// Every query of `differential.py` answers on `talo` as DuckDB does.

@@ -2,6 +2,7 @@
 //! concurrency limit, over one engine snapshot taken when the query starts.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -19,7 +20,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::{SendableRecordBatchStream, SessionState, TaskContext};
 use datafusion::logical_expr::{LogicalPlan, ScalarUDF};
 use datafusion::object_store::path::Path;
-use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt;
 use talo_engine::Engine;
@@ -105,14 +106,20 @@ pub struct QueryStream {
     pub schema: SchemaRef,
     /// The first batch (`None`: the result is empty).
     pub first: Option<RecordBatch>,
-    rx: tokio::sync::mpsc::Receiver<Result<Streamed, QueryError>>,
+    /// The rest of a result run in place (`QueryExecutor::run_here`), in order.
+    held: std::collections::VecDeque<RecordBatch>,
+    /// The rest of a result run on the query runtime.
+    rx: Option<tokio::sync::mpsc::Receiver<Result<Streamed, QueryError>>>,
 }
 
 impl QueryStream {
     /// The next batch after `first`; an `Err` ends the stream (the query failed or
     /// timed out), `None` is the end of the result.
     pub async fn next(&mut self) -> Option<Result<RecordBatch, QueryError>> {
-        match self.rx.recv().await? {
+        if let Some(b) = self.held.pop_front() {
+            return Some(Ok(b));
+        }
+        match self.rx.as_mut()?.recv().await? {
             Ok(Streamed::Batch(b)) => Some(Ok(b)),
             Ok(Streamed::Schema(_)) => Some(Err(QueryError::Execution("schema sent twice".into()))),
             Err(e) => Some(Err(e)),
@@ -142,6 +149,8 @@ pub struct QueryExecutor {
     latest: Arc<crate::lastpoint::LatestRows>,
     /// Segments' series runs (`series.rs`).
     series: Arc<SeriesIndex>,
+    /// Queries run on the caller's runtime (`QueryExecutor::run`).
+    inline_runs: AtomicU64,
 }
 
 impl std::fmt::Debug for QueryExecutor {
@@ -186,6 +195,7 @@ impl QueryExecutor {
             config,
             runtime: Some(runtime),
             template,
+            inline_runs: AtomicU64::new(0),
         })
     }
 
@@ -301,11 +311,27 @@ impl QueryExecutor {
         let cfg = self.config.clone();
         let key = PlanKey::new(sql, db, who);
         let plans = Arc::clone(&self.plans);
+        let deadline = tokio::time::Instant::now() + cfg.timeout;
+        let planned = match self.run_here(&mut session, &key, deadline).await? {
+            Here::Ran(out) => {
+                let mut held = std::collections::VecDeque::from(out.batches);
+                return Ok(QueryStream {
+                    schema: out.schema,
+                    first: held.pop_front(),
+                    held,
+                    rx: None,
+                });
+            }
+            Here::Planned(p) => p,
+        };
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Streamed, QueryError>>(2);
         rt.spawn(async move {
             let timeout = cfg.timeout;
             let produce = async {
-                let planned = session.plan(&plans, key, &cfg).await?;
+                let planned = match planned {
+                    Some(p) => p,
+                    None => session.plan(&plans, key, &cfg).await?,
+                };
                 if tx
                     .send(Ok(Streamed::Schema(Arc::clone(&planned.schema))))
                     .await
@@ -325,7 +351,7 @@ impl QueryExecutor {
                 }
                 Ok::<(), QueryError>(())
             };
-            let end = match tokio::time::timeout(timeout, produce).await {
+            let end = match tokio::time::timeout_at(deadline, produce).await {
                 Ok(r) => r,
                 Err(_) => Err(QueryError::Timeout(timeout)),
             };
@@ -348,10 +374,16 @@ impl QueryExecutor {
             None => None,
             Some(Ok(Streamed::Schema(_))) => return Err(gone()),
         };
-        Ok(QueryStream { schema, first, rx })
+        Ok(QueryStream {
+            schema,
+            first,
+            held: Default::default(),
+            rx: Some(rx),
+        })
     }
 
-    /// Run `sql` with `db` as the default database.
+    /// Run `sql` with `db` as the default database (in place where
+    /// [`QueryExecutor::run_here`] may).
     pub async fn run(
         &self,
         engine: &Arc<Engine>,
@@ -360,21 +392,63 @@ impl QueryExecutor {
         sql: &str,
     ) -> Result<QueryOutput, QueryError> {
         let (permit, rt) = self.admit()?;
-        let session = self.session(engine, who, db)?;
+        let mut session = self.session(engine, who, db)?;
         let cfg = self.config.clone();
         let key = PlanKey::new(sql, db, who);
         let plans = Arc::clone(&self.plans);
+        let deadline = tokio::time::Instant::now() + cfg.timeout;
+        let planned = match self.run_here(&mut session, &key, deadline).await? {
+            Here::Ran(out) => return Ok(out),
+            Here::Planned(p) => p,
+        };
         let task = rt.spawn(async move {
             let _permit = permit;
             let timeout = cfg.timeout;
-            let run = execute(session, plans, key, cfg.clone());
-            match tokio::time::timeout(timeout, run).await {
+            let run = execute(session, plans, key, planned, cfg);
+            match tokio::time::timeout_at(deadline, run).await {
                 Ok(r) => r,
                 Err(_) => Err(QueryError::Timeout(timeout)),
             }
         });
         task.await
             .map_err(|e| QueryError::Execution(format!("query task failed: {e}")))?
+    }
+
+    /// Run the query of `session` in place, on the caller's runtime, where its kept
+    /// physical plan reads few rows (counted ahead, at most `ONE_PARTITION_ROWS`) and
+    /// runs again over the same segments: handing such a query to the query runtime and
+    /// back (waking a thread on each side) cost more than running it
+    /// (`benches/README.md`). Otherwise nothing runs here: the query goes to the query
+    /// runtime, with its logical plan where that was looked up here.
+    async fn run_here(
+        &self,
+        session: &mut Session,
+        key: &PlanKey,
+        deadline: tokio::time::Instant,
+    ) -> Result<Here, QueryError> {
+        if !self.plans.reads_few(key) {
+            return Ok(Here::Planned(None));
+        }
+        let cfg = &self.config;
+        let here = async {
+            let p = session.plan(&self.plans, key.clone(), cfg).await?;
+            Ok(match session.reused(&self.plans, &p) {
+                Some(physical) => Here::Ran(session.collect(p.schema, physical, cfg).await?),
+                None => Here::Planned(Some(p)),
+            })
+        };
+        let here = tokio::time::timeout_at(deadline, here)
+            .await
+            .map_err(|_| QueryError::Timeout(cfg.timeout))??;
+        if matches!(here, Here::Ran(_)) {
+            self.inline_runs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(here)
+    }
+
+    /// Queries that ran on the caller's runtime (see [`QueryExecutor::run_here`]).
+    pub fn inline_runs(&self) -> u64 {
+        self.inline_runs.load(Ordering::Relaxed)
     }
 }
 
@@ -549,63 +623,113 @@ impl Session {
         })
     }
 
-    /// Plan `planned` physically — or take the physical plan its kept plan holds, where
-    /// this query's snapshot gives it the same scans (`plans.rs`) — and start it under
-    /// this query's runtime.
+    /// The physical plan `planned`'s kept plan holds, where this query's snapshot gives
+    /// it the same scans (`plans.rs`).
+    fn reused(&self, plans: &PlanCache, planned: &Planned) -> Option<Arc<dyn ExecutionPlan>> {
+        let query = self.state.config().get_extension::<QuerySnapshot>()?;
+        plans.physical(planned.kept.as_ref()?, &query)
+    }
+
+    /// Plan `planned` physically — or take the physical plan its kept plan holds
+    /// ([`Session::reused`]) — and start it under this query's runtime.
     async fn execute(
         &self,
         plans: &PlanCache,
         planned: &Planned,
     ) -> Result<SendableRecordBatchStream, DataFusionError> {
-        let query = self.state.config().get_extension::<QuerySnapshot>();
-        let reused = match (&planned.kept, &query) {
-            (Some(kept), Some(q)) => plans.physical(kept, q),
-            _ => None,
-        };
-        let physical = match reused {
+        let physical = match self.reused(plans, planned) {
             Some(p) => p,
-            None => {
-                let mut physical = self
-                    .state
-                    .query_planner()
-                    .create_physical_plan(&planned.plan, &self.state)
-                    .await?;
-                let mut scans = query.as_ref().and_then(|q| q.take_scans());
-                // A plan that will be kept and reads few rows (tag filters answered by
-                // the series runs: one sensor over a day is 8,640 rows) is planned again
-                // in one partition: starting and joining two partitions (repartition,
-                // merge, their tasks' hand-offs) cost more than reading that much twice
-                // as fast (`benches/README.md`). Paid once per kept plan.
-                let partitions = self.state.config().target_partitions();
-                let few =
-                    crate::scan::rows_selected(&physical).is_some_and(|n| n <= ONE_PARTITION_ROWS);
-                if let (Some(kept), Some(q), Some(_)) = (&planned.kept, &query, &scans)
-                    && kept.may_keep_physical()
-                    && partitions > 1
-                    && few
-                {
-                    let mut one = self.state.clone();
-                    one.config_mut().options_mut().execution.target_partitions = 1;
-                    q.restart_scans();
-                    physical = one
-                        .query_planner()
-                        .create_physical_plan(&planned.plan, &one)
-                        .await?;
-                    scans = q.take_scans();
-                }
-                if let (Some(kept), Some(scans)) = (&planned.kept, scans) {
-                    kept.keep_physical(&physical, scans);
-                }
-                physical
-            }
+            None => self.plan_physical(planned).await?,
         };
+        self.start(physical)
+    }
+
+    /// Plan `planned` physically, and keep that plan with its kept plan where it may run
+    /// again.
+    async fn plan_physical(
+        &self,
+        planned: &Planned,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        let query = self.state.config().get_extension::<QuerySnapshot>();
+        let mut physical = self
+            .state
+            .query_planner()
+            .create_physical_plan(&planned.plan, &self.state)
+            .await?;
+        let mut scans = query.as_ref().and_then(|q| q.take_scans());
+        // A plan that will be kept and reads few rows (tag filters answered by the
+        // series runs: one sensor over a day is 8,640 rows) is planned again in one
+        // partition: starting and joining two partitions (repartition, merge, their
+        // tasks' hand-offs) cost more than reading that much twice as fast
+        // (`benches/README.md`). Paid once per kept plan.
+        let partitions = self.state.config().target_partitions();
+        let few = crate::scan::rows_selected(&physical).is_some_and(|n| n <= ONE_PARTITION_ROWS);
+        if let (Some(kept), Some(q), Some(_)) = (&planned.kept, &query, &scans)
+            && kept.may_keep_physical()
+            && partitions > 1
+            && few
+        {
+            let mut one = self.state.clone();
+            one.config_mut().options_mut().execution.target_partitions = 1;
+            q.restart_scans();
+            physical = one
+                .query_planner()
+                .create_physical_plan(&planned.plan, &one)
+                .await?;
+            scans = q.take_scans();
+        }
+        if let (Some(kept), Some(scans)) = (&planned.kept, scans) {
+            // run in place (`QueryExecutor::run_here`) only where few rows read means
+            // little work: no operator gives more rows than it reads
+            let here = few && crate::scan::rows_bounded_by_leaves(&physical);
+            kept.keep_physical(&physical, scans, here);
+        }
+        Ok(physical)
+    }
+
+    /// Start `physical` under this query's runtime.
+    fn start(
+        &self,
+        physical: Arc<dyn ExecutionPlan>,
+    ) -> Result<SendableRecordBatchStream, DataFusionError> {
         let task = TaskContext::from(&self.state).with_runtime(Arc::clone(&self.runtime));
         execute_stream(physical, Arc::new(task))
     }
+
+    /// Run `physical` (of a query whose result has `schema`) and hold its whole result.
+    async fn collect(
+        &self,
+        schema: SchemaRef,
+        physical: Arc<dyn ExecutionPlan>,
+        cfg: &QueryConfig,
+    ) -> Result<QueryOutput, QueryError> {
+        // the result is held until it is encoded: count it against the query's memory
+        // pool like every operator's state, so a huge result fails with 413 instead of
+        // growing
+        let reservation = MemoryConsumer::new("query result").register(&self.runtime.memory_pool);
+        let mut stream = self.start(physical).map_err(|e| classify(e, cfg))?;
+        let mut batches = Vec::new();
+        while let Some(b) = stream.next().await {
+            let b = b.map_err(|e| classify(e, cfg))?;
+            reservation
+                .try_grow(b.get_array_memory_size())
+                .map_err(|e| classify(e, cfg))?;
+            batches.push(b);
+        }
+        Ok(QueryOutput { schema, batches })
+    }
 }
 
-/// Rows up to which a kept plan reads its scans in one partition (see `Session::execute`).
+/// Rows up to which a kept plan reads its scans in one partition, and runs where it is
+/// asked (see `Session::plan_physical`, `QueryExecutor::run`).
 const ONE_PARTITION_ROWS: u64 = 65_536;
+
+/// What [`QueryExecutor::run_here`] did: ran the query, or left it to the query runtime
+/// (with its logical plan where that was looked up).
+enum Here {
+    Ran(QueryOutput),
+    Planned(Option<Planned>),
+}
 
 /// A query's optimized logical plan, its result schema, and the plan cache's entry for
 /// it where there is one.
@@ -615,32 +739,26 @@ struct Planned {
     kept: Option<Arc<CachedPlan>>,
 }
 
+/// Plan `planned` (or `key` where it is not planned yet) and run it in `session`.
 async fn execute(
     mut session: Session,
     plans: Arc<PlanCache>,
     key: PlanKey,
+    planned: Option<Planned>,
     cfg: QueryConfig,
 ) -> Result<QueryOutput, QueryError> {
-    let planned = session.plan(&plans, key, &cfg).await?;
-    // the result is held until it is encoded: count it against the query's memory pool
-    // like every operator's state, so a huge result fails with 413 instead of growing
-    let reservation = MemoryConsumer::new("query result").register(&session.runtime.memory_pool);
-    let mut stream = session
-        .execute(&plans, &planned)
-        .await
-        .map_err(|e| classify(e, &cfg))?;
-    let mut batches = Vec::new();
-    while let Some(b) = stream.next().await {
-        let b = b.map_err(|e| classify(e, &cfg))?;
-        reservation
-            .try_grow(b.get_array_memory_size())
-            .map_err(|e| classify(e, &cfg))?;
-        batches.push(b);
-    }
-    Ok(QueryOutput {
-        schema: planned.schema,
-        batches,
-    })
+    let planned = match planned {
+        Some(p) => p,
+        None => session.plan(&plans, key, &cfg).await?,
+    };
+    let physical = match session.reused(&plans, &planned) {
+        Some(p) => p,
+        None => session
+            .plan_physical(&planned)
+            .await
+            .map_err(|e| classify(e, &cfg))?,
+    };
+    session.collect(planned.schema, physical, &cfg).await
 }
 
 fn classify(e: DataFusionError, cfg: &QueryConfig) -> QueryError {

@@ -167,6 +167,12 @@ pub(crate) async fn metrics(
         "Queries that ran a kept physical plan (same SQL, same segments read).",
         plans.physical_reuses,
     );
+    counter(
+        &mut out,
+        "talo_query_inline_runs_total",
+        "Queries run where they were asked, without the hand-off to the query runtime (kept physical plans reading few rows).",
+        s.executor.inline_runs(),
+    );
     let (segments, bytes) = s.executor.latest_rows_kept();
     gauge(
         &mut out,

@@ -94,6 +94,9 @@ struct Physical {
     plan: Arc<dyn ExecutionPlan>,
     scans: Vec<ScanRecord>,
     runs: usize,
+    /// Its scans read few rows, counted ahead (`Session::plan_physical`): it may run where it
+    /// is asked, without the hand-off to the query runtime.
+    few: bool,
 }
 
 /// What a plan that may be kept depends on.
@@ -133,8 +136,14 @@ impl CachedPlan {
         !self.reuse.moment
     }
 
-    /// Keep `plan`, made by a query whose scans were `scans`, where it may run again.
-    pub(crate) fn keep_physical(&self, plan: &Arc<dyn ExecutionPlan>, scans: Vec<ScanRecord>) {
+    /// Keep `plan`, made by a query whose scans were `scans` (which read few rows where
+    /// `few`), where it may run again.
+    pub(crate) fn keep_physical(
+        &self,
+        plan: &Arc<dyn ExecutionPlan>,
+        scans: Vec<ScanRecord>,
+        few: bool,
+    ) {
         if self.reuse.moment || !replayable(plan) {
             return;
         }
@@ -142,7 +151,14 @@ impl CachedPlan {
             plan: Arc::clone(plan),
             scans,
             runs: 0,
+            few,
         });
+    }
+
+    /// Whether it holds a physical plan whose scans read few rows.
+    fn reads_few(&self) -> bool {
+        let kept = self.physical.lock().unwrap_or_else(|p| p.into_inner());
+        kept.as_ref().is_some_and(|k| k.few)
     }
 
     /// Whether every table the plan reads still has the schema it was planned with.
@@ -270,6 +286,19 @@ impl PlanCache {
             Ok(TreeNodeRecursion::Continue)
         });
         Some(most)
+    }
+
+    /// Whether the plan kept for `key` holds a physical plan whose scans read few rows
+    /// (not counted as a use: the query then asks [`PlanCache::get`]).
+    pub(crate) fn reads_few(&self, key: &PlanKey) -> bool {
+        if !self.wants(&key.sql) {
+            return false;
+        }
+        let cached = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.peek(key).cloned()
+        };
+        cached.is_some_and(|c| c.reads_few())
     }
 
     /// [`CachedPlan::physical`], counted.

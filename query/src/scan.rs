@@ -538,6 +538,42 @@ pub(crate) fn rows_selected(plan: &Arc<dyn ExecutionPlan>) -> Option<u64> {
     total
 }
 
+/// Whether no operator of `plan` gives more rows than its inputs read (no join, no
+/// unnest, no gap filling, no table function: only those listed), so that
+/// [`rows_selected`] bounds the work of the whole plan, not only of its leaves.
+pub(crate) fn rows_bounded_by_leaves(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    const NO_MORE_ROWS: &[&str] = &[
+        "DataSourceExec",
+        "EmptyExec",
+        "PlaceholderRowExec",
+        "FilterExec",
+        "ProjectionExec",
+        "AggregateExec",
+        "RunFoldExec",
+        "SortExec",
+        "SortPreservingMergeExec",
+        "CoalescePartitionsExec",
+        "CoalesceBatchesExec",
+        "CooperativeExec",
+        "RepartitionExec",
+        "GlobalLimitExec",
+        "LocalLimitExec",
+        "UnionExec",
+        "BoundedWindowAggExec",
+        "WindowAggExec",
+    ];
+    let mut bounded = true;
+    let _ = plan.apply(|node| {
+        bounded = NO_MORE_ROWS.contains(&node.name());
+        Ok(if bounded {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    bounded
+}
+
 /// The files of one scan spread over `parts` partitions (the session's
 /// `repartition_file_scans` is off: this is where scans are split). Whole files where
 /// they can be balanced, each partition taking the next largest file while it has the

@@ -285,6 +285,30 @@ async fn sql_ok(app: &Router, db: &str, q: &str) -> serde_json::Value {
     v
 }
 
+/// The body of `q`'s answer in `format`, which must be 200.
+async fn answer_body(app: &Router, db: &str, format: &str, q: &str) -> axum::body::Bytes {
+    let uri = format!("/api/v1/query?db={db}&format={format}&sql={}", urlencode(q));
+    let resp = app
+        .clone()
+        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{q}");
+    axum::body::to_bytes(resp.into_body(), 64 << 20)
+        .await
+        .unwrap()
+}
+
+/// `sql` as JSON lines, which must answer 200: one value per row.
+async fn jsonl_ok(app: &Router, db: &str, q: &str) -> Vec<serde_json::Value> {
+    answer_body(app, db, "jsonl", q)
+        .await
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect()
+}
+
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -591,8 +615,10 @@ async fn tag_filters_select_rows_by_series_runs() {
             want(&rows, f),
             "{cond}"
         );
-        // planned in one partition (few rows selected) and kept: the same answer again
+        // planned in one partition (few rows selected) and kept: the same answer again,
+        // run in place (not handed to the query runtime)
         let reuses = state.executor.plan_cache_stats().physical_reuses;
+        let in_place = state.executor.inline_runs();
         assert_eq!(
             sql_ok(&app, "house", &query(cond)).await,
             want(&rows, f),
@@ -603,6 +629,7 @@ async fn tag_filters_select_rows_by_series_runs() {
             reuses + 1,
             "{cond}"
         );
+        assert_eq!(state.executor.inline_runs(), in_place + 1, "{cond}");
         assert_eq!(
             state
                 .executor
@@ -610,7 +637,24 @@ async fn tag_filters_select_rows_by_series_runs() {
             Some(1),
             "{cond}"
         );
+        // streamed (JSON lines) in place too: the same rows
+        let lines = jsonl_ok(&app, "house", &query(cond)).await;
+        assert_eq!(serde_json::Value::Array(lines), want(&rows, f), "{cond}");
+        assert_eq!(state.executor.inline_runs(), in_place + 2, "{cond}");
     }
+    // a cross join of few rows may give many more: kept, but never run in place
+    let join = "SELECT count(*) AS n FROM env x CROSS JOIN env y \
+                WHERE x.room = 'a' AND y.room = 'a'";
+    let reuses = state.executor.plan_cache_stats().physical_reuses;
+    let in_place = state.executor.inline_runs();
+    for _ in 0..3 {
+        assert_eq!(
+            sql_ok(&app, "house", join).await,
+            serde_json::json!([{"n": 80 * 80}])
+        );
+    }
+    assert_eq!(state.executor.inline_runs(), in_place);
+    assert!(state.executor.plan_cache_stats().physical_reuses > reuses);
     // a rewrite of b's first point in the buffer, over the newer file: merged, by runs too
     let (s, _) = send(
         &app,
@@ -1637,16 +1681,7 @@ async fn gap_filling_errors_are_clear() {
 
 /// The arrow IPC answer of a query: its schema and rows.
 async fn arrow_answer(app: &Router, db: &str, q: &str) -> (arrow::datatypes::SchemaRef, usize) {
-    let uri = format!("/api/v1/query?db={db}&format=arrow&sql={}", urlencode(q));
-    let resp = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
+    let body = answer_body(app, db, "arrow", q).await;
     let reader =
         arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None).unwrap();
     let schema = reader.schema();
