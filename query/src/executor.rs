@@ -204,15 +204,14 @@ impl QueryExecutor {
         self.config.max_concurrent.max(1) - self.permits.available_permits()
     }
 
-    /// Hits, misses and entries of the plan cache.
-    /// The most partitions an operator of the physical plan kept for `sql` (run by anyone,
-    /// in `db`) runs in (tests).
+    /// The physical plan kept for `sql` run by anyone in `db` (tests).
     #[cfg(test)]
-    pub(crate) fn kept_physical_partitions(&self, db: &str, sql: &str) -> Option<usize> {
+    pub(crate) fn kept_physical(&self, db: &str, sql: &str) -> Option<Arc<dyn ExecutionPlan>> {
         let key = PlanKey::new(sql, db, &Principal::everyone());
-        self.plans.kept_physical_partitions(&key)
+        self.plans.kept_physical(&key)
     }
 
+    /// Hits, misses and entries of the plan cache.
     pub fn plan_cache_stats(&self) -> PlanCacheStats {
         self.plans.stats()
     }

@@ -55,7 +55,9 @@ use datafusion::optimizer::simplify_expressions::{ExprSimplifier, SimplifyContex
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 use datafusion::physical_expr::{EquivalenceProperties, LexRequirement, PhysicalSortRequirement};
 use datafusion::physical_expr_common::sort_expr::OrderingRequirements;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{
+    Boundedness, EmissionType, ReplaceChildrenOptions,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PhysicalExpr,
@@ -736,7 +738,7 @@ impl ExtensionPlanner for GapFillPlanner {
 }
 
 /// Executes [`GapFill`]: collects its (small, aggregated) input, emits every bucket.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct GapFillExec {
     input: Arc<dyn ExecutionPlan>,
     groups: Vec<usize>,
@@ -833,11 +835,9 @@ impl ExecutionPlan for GapFillExec {
     }
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children
-            .pop()
-            .ok_or_else(|| DataFusionError::Internal("GapFillExec needs one child".into()))?;
+        let input = crate::runs::only_child(children, "GapFillExec")?;
         Ok(Arc::new(GapFillExec::new(
             input,
             self.groups.clone(),
@@ -845,6 +845,15 @@ impl ExecutionPlan for GapFillExec {
             self.fills.clone(),
             (self.stride, self.first, self.last),
         )?))
+    }
+    /// With the properties kept where they hold (`reset_plan_states` of a kept plan), so
+    /// that the operators above keep theirs too.
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        crate::runs::replace_only_child(self, children, options, |p| &mut p.input)
     }
     fn execute(
         &self,

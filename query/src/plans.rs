@@ -273,19 +273,13 @@ impl PlanCache {
         cached
     }
 
-    /// The most partitions any operator of the physical plan kept for `key` runs in.
+    /// The physical plan kept for `key` (tests).
     #[cfg(test)]
-    pub(crate) fn kept_physical_partitions(&self, key: &PlanKey) -> Option<usize> {
+    pub(crate) fn kept_physical(&self, key: &PlanKey) -> Option<Arc<dyn ExecutionPlan>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let cached = entries.peek(key)?;
         let kept = cached.physical.lock().unwrap_or_else(|p| p.into_inner());
-        let plan = &kept.as_ref()?.plan;
-        let mut most = 0;
-        let _ = plan.apply(|node| {
-            most = most.max(node.properties().output_partitioning().partition_count());
-            Ok(TreeNodeRecursion::Continue)
-        });
-        Some(most)
+        kept.as_ref().map(|k| Arc::clone(&k.plan))
     }
 
     /// Whether the plan kept for `key` holds a physical plan whose scans read few rows
