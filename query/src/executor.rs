@@ -149,7 +149,7 @@ pub struct QueryExecutor {
     latest: Arc<crate::lastpoint::LatestRows>,
     /// Segments' series runs (`series.rs`).
     series: Arc<SeriesIndex>,
-    /// Queries run on the caller's runtime (`QueryExecutor::run`).
+    /// Queries run on the caller's runtime (`QueryExecutor::run_here`).
     inline_runs: AtomicU64,
 }
 

@@ -94,8 +94,9 @@ struct Physical {
     plan: Arc<dyn ExecutionPlan>,
     scans: Vec<ScanRecord>,
     runs: usize,
-    /// Its scans read few rows, counted ahead (`Session::plan_physical`): it may run where it
-    /// is asked, without the hand-off to the query runtime.
+    /// Its scans read few rows, counted ahead, and none of its operators gives more rows
+    /// than it reads (`Session::plan_physical`): it may run where it is asked, without the
+    /// hand-off to the query runtime.
     few: bool,
 }
 
