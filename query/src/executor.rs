@@ -629,18 +629,26 @@ impl Session {
         plans.physical(planned.kept.as_ref()?, &query)
     }
 
-    /// Plan `planned` physically — or take the physical plan its kept plan holds
-    /// ([`Session::reused`]) — and start it under this query's runtime.
+    /// The physical plan `planned`'s kept plan holds ([`Session::reused`]), else
+    /// `planned` planned physically ([`Session::plan_physical`]).
+    async fn physical(
+        &self,
+        plans: &PlanCache,
+        planned: &Planned,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        match self.reused(plans, planned) {
+            Some(p) => Ok(p),
+            None => self.plan_physical(planned).await,
+        }
+    }
+
+    /// [`Session::physical`], started under this query's runtime.
     async fn execute(
         &self,
         plans: &PlanCache,
         planned: &Planned,
     ) -> Result<SendableRecordBatchStream, DataFusionError> {
-        let physical = match self.reused(plans, planned) {
-            Some(p) => p,
-            None => self.plan_physical(planned).await?,
-        };
-        self.start(physical)
+        self.start(self.physical(plans, planned).await?)
     }
 
     /// Plan `planned` physically, and keep that plan with its kept plan where it may run
@@ -750,13 +758,10 @@ async fn execute(
         Some(p) => p,
         None => session.plan(&plans, key, &cfg).await?,
     };
-    let physical = match session.reused(&plans, &planned) {
-        Some(p) => p,
-        None => session
-            .plan_physical(&planned)
-            .await
-            .map_err(|e| classify(e, &cfg))?,
-    };
+    let physical = session
+        .physical(&plans, &planned)
+        .await
+        .map_err(|e| classify(e, &cfg))?;
     session.collect(planned.schema, physical, &cfg).await
 }
 
