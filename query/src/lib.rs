@@ -21,6 +21,7 @@ mod runs;
 mod scan;
 mod series;
 mod sql_api;
+mod widen;
 mod write;
 
 use std::sync::{Arc, OnceLock};

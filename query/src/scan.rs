@@ -52,6 +52,7 @@ use talo_engine::model::{TIME_COLUMN, tag_columns};
 use crate::catalog::QuerySnapshot;
 use crate::lastpoint::{LatestRows, conform};
 use crate::series::tag_schema;
+use crate::widen::SegmentExprAdapterFactory;
 
 /// Inclusive time bounds (ns) implied by a query's filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,6 +467,8 @@ impl SegmentTable {
                 .with_file_groups(groups)
                 .with_projection_indices(projection.cloned())?
                 .with_limit(limit)
+                // a column stored narrow is widened without arrow's checked cast
+                .with_expr_adapter(Some(Arc::new(SegmentExprAdapterFactory)))
                 .build();
         Ok(DataSourceExec::from_data_source(config))
     }
