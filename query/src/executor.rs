@@ -1,6 +1,7 @@
 //! Running SQL: read-only, on its own runtime, under a memory pool, a timeout and a
 //! concurrency limit, over one engine snapshot taken when the query starts.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -699,7 +700,20 @@ impl Session {
         &self,
         physical: Arc<dyn ExecutionPlan>,
     ) -> Result<SendableRecordBatchStream, DataFusionError> {
-        let task = TaskContext::from(&self.state).with_runtime(Arc::clone(&self.runtime));
+        // Without the session's function registries: a physical plan holds the functions
+        // it calls, and `TaskContext::from(&SessionState)` cloned four maps of every
+        // registered function (and dropped them after) per query, ~4 % of a few-row
+        // query's CPU (`benches/README.md`). Nothing executing looks functions up by name.
+        let task = TaskContext::new(
+            None,
+            self.state.session_id().to_string(),
+            self.state.config().clone(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            Arc::clone(&self.runtime),
+        );
         execute_stream(physical, Arc::new(task))
     }
 

@@ -413,9 +413,11 @@ impl SegmentTable {
             );
             match runs.as_mut().and_then(Iterator::next) {
                 // no series of the file passes the tag filters
-                Some((_, 0)) => continue,
-                Some((selection, _)) => {
-                    file = file.with_extension(ParquetRowSelection::new(selection))
+                Some((_, 0, _)) => continue,
+                Some((selection, _, schema)) => {
+                    file = file
+                        .with_extension(ParquetRowSelection::new(selection))
+                        .with_arrow_schema(schema)
                 }
                 None => {}
             }
@@ -476,7 +478,8 @@ impl SegmentTable {
 
 impl SegmentTable {
     /// Per file of `selected`, the rows where every filter of `tags` (filters on tags
-    /// alone) holds, by the file's series runs, and how many they are; `None` where
+    /// alone) holds, by the file's series runs, how many they are, and the file's Arrow
+    /// schema (read with its runs); `None` where
     /// there are no such filters, or some file's runs are not at hand (being computed,
     /// or the file is not indexed: `series.rs`).
     fn run_selections(
@@ -484,7 +487,7 @@ impl SegmentTable {
         state: &dyn Session,
         selected: &[&SegmentMeta],
         tags: &[&Expr],
-    ) -> Result<Option<Vec<(RowSelection, u64)>>> {
+    ) -> Result<Option<Vec<(RowSelection, u64, SchemaRef)>>> {
         let Some(predicate) = and_all(tags.iter().map(|e| (*e).clone())) else {
             return Ok(None);
         };
@@ -498,7 +501,10 @@ impl SegmentTable {
         let predicate =
             state.create_physical_expr(predicate, &DFSchema::try_from(Arc::clone(&tag_schema))?)?;
         runs.iter()
-            .map(|r| r.select(&predicate, &tag_schema))
+            .map(|r| {
+                let (selection, rows) = r.select(&predicate, &tag_schema)?;
+                Ok((selection, rows, Arc::clone(&r.file_schema)))
+            })
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }

@@ -53,6 +53,10 @@ pub(crate) struct SeriesRuns {
     tags: RecordBatch,
     /// The first row of each run, then the file's row count.
     bounds: Vec<u64>,
+    /// The file's Arrow schema, as the Parquet reader derives it from the footer: a scan
+    /// handed it (`PartitionedFile::with_arrow_schema`) does not decode the footer's
+    /// embedded schema again at every open (~4 % of a one-sensor query's CPU).
+    pub(crate) file_schema: SchemaRef,
 }
 
 impl SeriesRuns {
@@ -106,6 +110,7 @@ pub(crate) fn series_runs_of_file(path: &Path) -> Result<Option<SeriesRuns>> {
     let file = std::fs::File::open(path)
         .map_err(|e| DataFusionError::Execution(format!("{}: {e}", path.display())))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let file_schema = Arc::clone(builder.schema());
     let total = builder.metadata().file_metadata().num_rows() as u64;
     let tags = tag_columns(builder.schema());
     if tags.is_empty() {
@@ -146,6 +151,7 @@ pub(crate) fn series_runs_of_file(path: &Path) -> Result<Option<SeriesRuns>> {
     Ok(Some(SeriesRuns {
         tags: compact(&firsts)?,
         bounds,
+        file_schema,
     }))
 }
 

@@ -296,6 +296,29 @@ fn most_partitions(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> 
     most
 }
 
+/// The files the Parquet scans of `plan` read, each with the Arrow schema it was handed.
+fn file_schemas(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+) -> Vec<(String, Option<arrow::datatypes::SchemaRef>)> {
+    use datafusion::common::tree_node::TreeNode;
+    use datafusion::datasource::physical_plan::ParquetSource;
+    use datafusion::datasource::source::DataSourceExec;
+    let mut files = Vec::new();
+    let _ = plan.apply(|node| {
+        if let Some((config, _)) = node
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|e| e.downcast_to_file_source::<ParquetSource>())
+        {
+            for f in config.file_groups.iter().flat_map(|g| g.files()) {
+                let path = f.object_meta.location.to_string();
+                files.push((path, f.arrow_schema.clone()));
+            }
+        }
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    });
+    files
+}
+
 /// The body of `q`'s answer in `format`, which must be 200.
 async fn answer_body(app: &Router, db: &str, format: &str, q: &str) -> axum::body::Bytes {
     let uri = format!("/api/v1/query?db={db}&format={format}&sql={}", urlencode(q));
@@ -649,6 +672,19 @@ async fn tag_filters_select_rows_by_series_runs() {
             Some(1),
             "{cond}"
         );
+        // each file read by its runs is handed its Arrow schema, the one the Parquet
+        // reader derives from that file (the old file has no `floor`)
+        let kept = state.executor.kept_physical("house", &query(cond)).unwrap();
+        let read = file_schemas(&kept);
+        assert_eq!(read.len(), *files, "{cond}");
+        for (path, schema) in read {
+            let path = std::path::Path::new("/").join(path);
+            let file = std::fs::File::open(&path).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file);
+            let want = Arc::clone(reader.unwrap().schema());
+            assert_eq!(schema, Some(want), "{cond}: {}", path.display());
+        }
         // streamed (JSON lines) in place too: the same rows
         let lines = jsonl_ok(&app, "house", &query(cond)).await;
         assert_eq!(serde_json::Value::Array(lines), want(&rows, f), "{cond}");
