@@ -639,7 +639,7 @@ impl Session {
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
         match self.reused(plans, planned) {
             Some(p) => Ok(p),
-            None => self.plan_physical(planned).await,
+            None => self.plan_physical(plans, planned).await,
         }
     }
 
@@ -656,35 +656,59 @@ impl Session {
     /// again.
     async fn plan_physical(
         &self,
+        plans: &PlanCache,
         planned: &Planned,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
         let query = self.state.config().get_extension::<QuerySnapshot>();
-        let mut physical = self
-            .state
-            .query_planner()
-            .create_physical_plan(&planned.plan, &self.state)
-            .await?;
-        let mut scans = query.as_ref().and_then(|q| q.take_scans());
         // A plan that will be kept and reads few rows (tag filters answered by the
-        // series runs: one sensor over a day is 8,640 rows) is planned again in one
+        // series runs: one sensor over a day is 8,640 rows) is planned in one
         // partition: starting and joining two partitions (repartition, merge, their
         // tasks' hand-offs) cost more than reading that much twice as fast
-        // (`benches/README.md`). Paid once per kept plan.
+        // (`benches/README.md`). Whether it reads few rows is known once it is planned,
+        // so the first time it is planned twice; a kept plan is planned anew every
+        // `MAX_PHYSICAL_RUNS` runs, and then in one partition at once where its last
+        // plan was (and again in all only where it no longer reads few rows).
         let partitions = self.state.config().target_partitions();
-        let few = crate::scan::rows_selected(&physical).is_some_and(|n| n <= ONE_PARTITION_ROWS);
-        if let (Some(kept), Some(q), Some(_)) = (&planned.kept, &query, &scans)
-            && kept.may_keep_physical()
-            && partitions > 1
-            && few
-        {
+        let keeps = planned.kept.as_ref().is_some_and(|k| k.may_keep_physical())
+            && query.is_some()
+            && partitions > 1;
+        let one = || {
             let mut one = self.state.clone();
             one.config_mut().options_mut().execution.target_partitions = 1;
+            one
+        };
+        let mut in_one = keeps
+            && planned
+                .kept
+                .as_ref()
+                .is_some_and(|k| k.planned_in_one_partition());
+        let single = in_one.then(one);
+        let first = single.as_ref().unwrap_or(&self.state);
+        plans.count_physical_planning();
+        let mut physical = first
+            .query_planner()
+            .create_physical_plan(&planned.plan, first)
+            .await?;
+        let mut scans = query.as_ref().and_then(|q| q.take_scans());
+        let few = crate::scan::rows_selected(&physical).is_some_and(|n| n <= ONE_PARTITION_ROWS);
+        let again = match (in_one, few) {
+            (true, false) => Some(None),
+            (false, true) if keeps && scans.is_some() => Some(Some(one())),
+            _ => None,
+        };
+        if let (Some(single), Some(q)) = (again, &query) {
+            let state = single.as_ref().unwrap_or(&self.state);
             q.restart_scans();
-            physical = one
+            plans.count_physical_planning();
+            physical = state
                 .query_planner()
-                .create_physical_plan(&planned.plan, &one)
+                .create_physical_plan(&planned.plan, state)
                 .await?;
             scans = q.take_scans();
+            in_one = few;
+        }
+        if let Some(kept) = &planned.kept {
+            kept.note_one_partition(in_one);
         }
         if let (Some(kept), Some(scans)) = (&planned.kept, scans) {
             // run in place (`QueryExecutor::run_here`) only where few rows read means
@@ -743,7 +767,7 @@ impl Session {
 
 /// Rows up to which a kept plan reads its scans in one partition, and runs where it is
 /// asked (see `Session::plan_physical`, `QueryExecutor::run`).
-const ONE_PARTITION_ROWS: u64 = 65_536;
+pub(crate) const ONE_PARTITION_ROWS: u64 = 65_536;
 
 /// What [`QueryExecutor::run_here`] did: ran the query, or left it to the query runtime
 /// (with its logical plan where that was looked up).

@@ -169,6 +169,12 @@ pub(crate) async fn metrics(
     );
     counter(
         &mut out,
+        "talo_query_physical_plannings_total",
+        "Passes of the physical planner (one per query planned physically, two where a plan reading few rows is planned again in one partition).",
+        plans.physical_plannings,
+    );
+    counter(
+        &mut out,
         "talo_query_inline_runs_total",
         "Queries run where they were asked, without the hand-off to the query runtime (kept physical plans reading few rows).",
         s.executor.inline_runs(),

@@ -35,7 +35,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
@@ -86,6 +86,9 @@ pub(crate) struct CachedPlan {
     pub(crate) reuse: Reuse,
     /// The physical plan of its last query, where it may be run again.
     physical: Mutex<Option<Physical>>,
+    /// Its last physical plan read few rows and was planned in one partition: the next
+    /// is planned that way first (`Session::plan_physical`), not twice.
+    one_partition: AtomicBool,
 }
 
 /// A physical plan and the scans it was made from.
@@ -156,6 +159,16 @@ impl CachedPlan {
         });
     }
 
+    /// Whether its last physical plan was planned in one partition (read few rows).
+    pub(crate) fn planned_in_one_partition(&self) -> bool {
+        self.one_partition.load(Ordering::Relaxed)
+    }
+
+    /// Note whether its physical plan was (`one`) or was not planned in one partition.
+    pub(crate) fn note_one_partition(&self, one: bool) {
+        self.one_partition.store(one, Ordering::Relaxed);
+    }
+
     /// Whether it holds a physical plan whose scans read few rows.
     fn reads_few(&self) -> bool {
         let kept = self.physical.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,6 +194,9 @@ pub struct PlanCacheStats {
     pub entries: usize,
     /// Queries that ran a kept physical plan.
     pub physical_reuses: u64,
+    /// Passes of the physical planner (a query planned physically takes one, two where
+    /// it is planned again in one partition or out of it).
+    pub physical_plannings: u64,
 }
 
 /// Least recently used plans, at most `capacity` of them.
@@ -190,6 +206,7 @@ pub(crate) struct PlanCache {
     hits: AtomicU64,
     misses: AtomicU64,
     physical_reuses: AtomicU64,
+    physical_plannings: AtomicU64,
 }
 
 impl std::fmt::Debug for PlanCache {
@@ -209,6 +226,7 @@ impl PlanCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             physical_reuses: AtomicU64::new(0),
+            physical_plannings: AtomicU64::new(0),
         }
     }
 
@@ -265,6 +283,7 @@ impl PlanCache {
             schema,
             reuse,
             physical: Mutex::new(None),
+            one_partition: AtomicBool::new(false),
         });
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.put(key, Arc::clone(&cached));
@@ -296,6 +315,11 @@ impl PlanCache {
         cached.is_some_and(|c| c.reads_few())
     }
 
+    /// Count one pass of the physical planner.
+    pub(crate) fn count_physical_planning(&self) {
+        self.physical_plannings.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// [`CachedPlan::physical`], counted.
     pub(crate) fn physical(
         &self,
@@ -315,6 +339,7 @@ impl PlanCache {
             misses: self.misses.load(Ordering::Relaxed),
             entries: self.entries.lock().unwrap_or_else(|e| e.into_inner()).len(),
             physical_reuses: self.physical_reuses.load(Ordering::Relaxed),
+            physical_plannings: self.physical_plannings.load(Ordering::Relaxed),
         }
     }
 }

@@ -2038,6 +2038,84 @@ async fn repeated_sql_reuses_its_plan_and_reads_each_querys_data() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_few_row_plan_is_planned_anew_in_one_partition_at_once() {
+    let (_d, state, app) = setup_with(
+        HttpConfig {
+            max_body_bytes: 8 << 20,
+            auth: Auth::default(),
+        },
+        QueryConfig {
+            threads: 2,
+            ..Default::default()
+        },
+    );
+    let engine = state.engine().unwrap();
+    let write = async |body: String| {
+        let req = post("/api/v1/write?db=house&precision=s", body);
+        assert_eq!(send(&app, req).await.0, StatusCode::NO_CONTENT);
+    };
+    let lines = |room: &str, from: i64, n: i64| {
+        (from..from + n)
+            .map(|t| format!("env,room={room} t={t} {t}\n"))
+            .collect::<String>()
+    };
+    write(lines("a", 0, 100) + &lines("b", 0, 100)).await;
+    engine.flush().await.unwrap();
+    let q = "SELECT count(*) AS n, sum(t) AS st FROM env WHERE room = 'a'";
+    let want = |n: i64| serde_json::json!([{"n": n, "st": (n * (n - 1) / 2) as f64}]);
+    // the first queries scan the file (and start computing its series runs)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while state.executor.series_runs_kept().0 < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "series runs not computed"
+        );
+        assert_eq!(sql_ok(&app, "house", q).await, want(100));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let plannings = || state.executor.plan_cache_stats().physical_plannings;
+    let partitions = || {
+        let kept = state.executor.kept_physical("house", q);
+        kept.map(|p| most_partitions(&p))
+    };
+    // a new segment (of room b): the kept physical plan no longer holds; once both
+    // files' runs are at hand the plan reads few rows by them: planned in two
+    // partitions, then again in one
+    write(lines("b", 100, 10)).await;
+    engine.flush().await.unwrap();
+    while state.executor.series_runs_kept().0 < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "series runs not computed"
+        );
+        assert_eq!(sql_ok(&app, "house", q).await, want(100));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let p0 = plannings();
+    assert_eq!(sql_ok(&app, "house", q).await, want(100));
+    assert_eq!(plannings() - p0, 2);
+    assert_eq!(partitions(), Some(1));
+    // run again MAX_PHYSICAL_RUNS times, then planned anew: in one partition at once
+    let runs = crate::plans::MAX_PHYSICAL_RUNS as u64;
+    for _ in 0..runs {
+        assert_eq!(sql_ok(&app, "house", q).await, want(100));
+    }
+    assert_eq!(plannings() - p0, 2);
+    assert_eq!(sql_ok(&app, "house", q).await, want(100));
+    assert_eq!(plannings() - p0, 3);
+    assert_eq!(partitions(), Some(1));
+    // more rows of room a than one partition reads: planned in one partition first,
+    // then again in two
+    let many = super::executor::ONE_PARTITION_ROWS as i64;
+    write(lines("a", 100, many)).await;
+    engine.flush().await.unwrap();
+    let p1 = plannings();
+    assert_eq!(sql_ok(&app, "house", q).await, want(100 + many));
+    assert_eq!(plannings() - p1, 2);
+    assert!(partitions().is_some_and(|n| n > 1), "{:?}", partitions());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_physical_plan_runs_again_only_over_the_same_segments() {
     let (_d, state, app) = setup();
