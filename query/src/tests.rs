@@ -2064,16 +2064,19 @@ async fn a_few_row_plan_is_planned_anew_in_one_partition_at_once() {
     engine.flush().await.unwrap();
     let q = "SELECT count(*) AS n, sum(t) AS st FROM env WHERE room = 'a'";
     let want = |n: i64| serde_json::json!([{"n": n, "st": (n * (n - 1) / 2) as f64}]);
-    // the first queries scan the file (and start computing its series runs)
+    // queries scan files whose series runs are not at hand (and start computing them)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while state.executor.series_runs_kept().0 < 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "series runs not computed"
-        );
-        assert_eq!(sql_ok(&app, "house", q).await, want(100));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let runs_of = async |files: usize| {
+        while state.executor.series_runs_kept().0 < files {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "series runs not computed"
+            );
+            assert_eq!(sql_ok(&app, "house", q).await, want(100));
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    runs_of(1).await;
     let plannings = || state.executor.plan_cache_stats().physical_plannings;
     let partitions = || {
         let kept = state.executor.kept_physical("house", q);
@@ -2084,14 +2087,7 @@ async fn a_few_row_plan_is_planned_anew_in_one_partition_at_once() {
     // partitions, then again in one
     write(lines("b", 100, 10)).await;
     engine.flush().await.unwrap();
-    while state.executor.series_runs_kept().0 < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "series runs not computed"
-        );
-        assert_eq!(sql_ok(&app, "house", q).await, want(100));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    runs_of(2).await;
     let p0 = plannings();
     assert_eq!(sql_ok(&app, "house", q).await, want(100));
     assert_eq!(plannings() - p0, 2);
