@@ -672,40 +672,24 @@ impl Session {
         let keeps = planned.kept.as_ref().is_some_and(|k| k.may_keep_physical())
             && query.is_some()
             && partitions > 1;
-        let one = || {
-            let mut one = self.state.clone();
-            one.config_mut().options_mut().execution.target_partitions = 1;
-            one
-        };
         let mut in_one = keeps
             && planned
                 .kept
                 .as_ref()
                 .is_some_and(|k| k.planned_in_one_partition());
-        let single = in_one.then(one);
-        let first = single.as_ref().unwrap_or(&self.state);
-        plans.count_physical_planning();
-        let mut physical = first
-            .query_planner()
-            .create_physical_plan(&planned.plan, first)
-            .await?;
+        let mut physical = self.create_physical(plans, planned, in_one).await?;
         let mut scans = query.as_ref().and_then(|q| q.take_scans());
         let few = crate::scan::rows_selected(&physical).is_some_and(|n| n <= ONE_PARTITION_ROWS);
         let again = match (in_one, few) {
-            (true, false) => Some(None),
-            (false, true) if keeps && scans.is_some() => Some(Some(one())),
-            _ => None,
+            (true, false) => true,
+            (false, true) => keeps && scans.is_some(),
+            _ => false,
         };
-        if let (Some(single), Some(q)) = (again, &query) {
-            let state = single.as_ref().unwrap_or(&self.state);
+        if let (true, Some(q)) = (again, &query) {
             q.restart_scans();
-            plans.count_physical_planning();
-            physical = state
-                .query_planner()
-                .create_physical_plan(&planned.plan, state)
-                .await?;
-            scans = q.take_scans();
             in_one = few;
+            physical = self.create_physical(plans, planned, in_one).await?;
+            scans = q.take_scans();
         }
         if let Some(kept) = &planned.kept {
             kept.note_one_partition(in_one);
@@ -717,6 +701,30 @@ impl Session {
             kept.keep_physical(&physical, scans, here);
         }
         Ok(physical)
+    }
+
+    /// `planned` planned physically, in one partition where `one`; counted in `plans`.
+    async fn create_physical(
+        &self,
+        plans: &PlanCache,
+        planned: &Planned,
+        one: bool,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        let single = one.then(|| {
+            let mut single = self.state.clone();
+            single
+                .config_mut()
+                .options_mut()
+                .execution
+                .target_partitions = 1;
+            single
+        });
+        let state = single.as_ref().unwrap_or(&self.state);
+        plans.count_physical_planning();
+        state
+            .query_planner()
+            .create_physical_plan(&planned.plan, state)
+            .await
     }
 
     /// Start `physical` under this query's runtime.
