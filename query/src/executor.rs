@@ -144,7 +144,7 @@ pub struct QueryExecutor {
     /// What every query's session starts from: functions, optimizer rules, planners,
     /// configuration. Built once; building it per query (registering some 300
     /// functions) was ~4 % of a narrow query's CPU (`perf`).
-    template: SessionState,
+    template: Arc<SessionState>,
     plans: Arc<PlanCache>,
     /// Settled segments' latest rows per series (`lastpoint.rs`).
     latest: Arc<crate::lastpoint::LatestRows>,
@@ -152,6 +152,8 @@ pub struct QueryExecutor {
     series: Arc<SeriesIndex>,
     /// Queries run on the caller's runtime (`QueryExecutor::run_here`).
     inline_runs: AtomicU64,
+    /// Full session states made (`Session::state`).
+    session_states: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for QueryExecutor {
@@ -186,6 +188,7 @@ impl QueryExecutor {
                 .with_name("talo segment metadata"),
         );
         let template = template(&config, Arc::clone(&metadata_cache))
+            .map(Arc::new)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(QueryExecutor {
             plans: Arc::new(PlanCache::new(config.plan_cache_entries)),
@@ -197,6 +200,7 @@ impl QueryExecutor {
             runtime: Some(runtime),
             template,
             inline_runs: AtomicU64::new(0),
+            session_states: Arc::default(),
         })
     }
 
@@ -450,6 +454,11 @@ impl QueryExecutor {
     pub fn inline_runs(&self) -> u64 {
         self.inline_runs.load(Ordering::Relaxed)
     }
+
+    /// Queries that made a full session state: those planned (see `Session`).
+    pub fn session_states(&self) -> u64 {
+        self.session_states.load(Ordering::Relaxed)
+    }
 }
 
 /// The session every query starts from as a clone (see `QueryExecutor::template`). Its own
@@ -501,7 +510,10 @@ fn template(
     Ok(ctx.state())
 }
 
-/// A runtime environment with the query memory limit and the shared footer cache.
+/// The template's runtime environment: the shared footer cache, no spilling. Each query
+/// runs under a copy with a memory pool of its own (`QueryExecutor::session`); building
+/// the disk manager, caches and object store registry anew per query was ~2 % of a
+/// few-row query's CPU (`perf`, `benches/README.md`).
 fn query_runtime(
     cfg: &QueryConfig,
     metadata_cache: Arc<FileMetadataCache>,
@@ -521,11 +533,23 @@ fn query_runtime(
         .build_arc()
 }
 
-/// One query's session: the template with this query's catalog (the engine snapshot as
-/// the principal may see it), default database and snapshot extension, and the runtime
-/// it executes under (its own memory pool: the limit is per query).
+/// One query's session: the template's configuration with this query's default database
+/// and snapshot extension, and the runtime it executes under (its own memory pool: the
+/// limit is per query). The full session state (the template with this query's catalog:
+/// the engine snapshot as the principal may see it) is made only where the query is
+/// planned ([`Session::state`]): a query whose kept physical plan runs again needs none,
+/// and cloning the template (its maps of some 400 functions, names and all) and dropping
+/// it again was ~5 % of such a query's CPU (`perf`, `benches/README.md`).
 struct Session {
-    state: SessionState,
+    template: Arc<SessionState>,
+    config: SessionConfig,
+    snapshot: Arc<talo_engine::Snapshot>,
+    who: Principal,
+    /// When the query started (what `now()` stands for), set by [`Session::plan`].
+    started: Option<chrono::DateTime<chrono::Utc>>,
+    state: std::sync::OnceLock<SessionState>,
+    /// Counts the states made (`QueryExecutor::session_states`).
+    states_made: Arc<AtomicU64>,
     runtime: Arc<RuntimeEnv>,
 }
 
@@ -538,8 +562,7 @@ impl QueryExecutor {
         db: &str,
     ) -> Result<Session, QueryError> {
         let snapshot = engine.snapshot();
-        let mut state = self.template.clone();
-        let config = state.config_mut();
+        let mut config = self.template.config().clone();
         config.options_mut().catalog.default_schema = db.to_string();
         config.set_extension(Arc::new(QuerySnapshot::new(
             Arc::clone(&snapshot),
@@ -548,19 +571,54 @@ impl QueryExecutor {
             Arc::clone(&self.latest),
             Arc::clone(&self.series),
         )));
-        let catalogs = MemoryCatalogProviderList::new();
-        catalogs.register_catalog(
-            CATALOG.to_string(),
-            Arc::new(TaloCatalog::new(snapshot, who.clone())),
-        );
-        state.register_catalog_list(Arc::new(catalogs));
-        let runtime = query_runtime(&self.config, Arc::clone(&self.metadata_cache))
+        // the template's disk manager, caches and object stores; a memory pool of its own
+        let runtime = RuntimeEnvBuilder::from_runtime_env(self.template.runtime_env())
+            .with_memory_limit(self.config.memory_limit_bytes, 1.0)
+            .build_arc()
             .map_err(|e| QueryError::Execution(e.to_string()))?;
-        Ok(Session { state, runtime })
+        Ok(Session {
+            template: Arc::clone(&self.template),
+            config,
+            snapshot,
+            who: who.clone(),
+            started: None,
+            state: std::sync::OnceLock::new(),
+            states_made: Arc::clone(&self.session_states),
+            runtime,
+        })
     }
 }
 
 impl Session {
+    /// The full session state, made on first use: the template with this query's
+    /// configuration, catalog and start time.
+    fn state(&self) -> &SessionState {
+        self.state.get_or_init(|| {
+            self.states_made.fetch_add(1, Ordering::Relaxed);
+            let mut state = SessionState::clone(&self.template);
+            *state.config_mut() = self.config.clone();
+            let catalogs = MemoryCatalogProviderList::new();
+            catalogs.register_catalog(
+                CATALOG.to_string(),
+                Arc::new(TaloCatalog::new(
+                    Arc::clone(&self.snapshot),
+                    self.who.clone(),
+                )),
+            );
+            state.register_catalog_list(Arc::new(catalogs));
+            state.mark_start_execution();
+            if self.started.is_some() {
+                state.execution_props_mut().query_execution_start_time = self.started;
+            }
+            state
+        })
+    }
+
+    /// This query's snapshot extension.
+    fn query(&self) -> Option<Arc<QuerySnapshot>> {
+        self.config.get_extension::<QuerySnapshot>()
+    }
+
     /// The optimized logical plan of `key.sql` (read-only) and its result schema: reused
     /// from `plans` where it holds, else planned here (and kept where it may be reused).
     async fn plan(
@@ -570,11 +628,14 @@ impl Session {
         cfg: &QueryConfig,
     ) -> Result<Planned, QueryError> {
         // the moment `now()` stands for, as `SessionContext::sql` would set it
-        self.state.mark_start_execution();
-        let query = self.state.config().get_extension::<QuerySnapshot>();
+        self.started = Some(chrono::Utc::now());
+        if let Some(state) = self.state.get_mut() {
+            state.execution_props_mut().query_execution_start_time = self.started;
+        }
+        let query = self.query();
         if let Some(p) = query.and_then(|q| plans.get(&key, &q.snapshot)) {
             let plan = if p.reuse.moment {
-                fold_moment(p.plan.clone(), &self.state).map_err(|e| classify(e, cfg))?
+                fold_moment(p.plan.clone(), self.state()).map_err(|e| classify(e, cfg))?
             } else {
                 p.plan.clone()
             };
@@ -589,7 +650,7 @@ impl Session {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let plan = async {
-            let plan = self.state.create_logical_plan(&key.sql).await?;
+            let plan = self.state().create_logical_plan(&key.sql).await?;
             options.verify_plan(&plan)?;
             Ok::<_, DataFusionError>(plan)
         };
@@ -600,11 +661,11 @@ impl Session {
             // optimized once with no start time, `now()` left in place: kept like that,
             // and folded for this query exactly as for every reuse. Where that cannot
             // be optimized (gap filling needs literal bounds) the plan is not kept.
-            let mut timeless = self.state.clone();
+            let mut timeless = self.state().clone();
             timeless.execution_props_mut().query_execution_start_time = None;
             if let Ok(kept) = timeless.optimize(&plan) {
                 let p = plans.put(key, reuse, kept.clone(), Arc::clone(&schema));
-                let folded = fold_moment(kept, &self.state).map_err(|e| classify(e, cfg))?;
+                let folded = fold_moment(kept, self.state()).map_err(|e| classify(e, cfg))?;
                 return Ok(Planned {
                     plan: folded,
                     schema,
@@ -612,7 +673,7 @@ impl Session {
                 });
             }
         }
-        let optimized = self.state.optimize(&plan).map_err(|e| classify(e, cfg))?;
+        let optimized = self.state().optimize(&plan).map_err(|e| classify(e, cfg))?;
         let kept = reuse
             .filter(|r| !r.moment)
             .map(|reuse| plans.put(key, reuse, optimized.clone(), Arc::clone(&schema)));
@@ -626,7 +687,7 @@ impl Session {
     /// The physical plan `planned`'s kept plan holds, where this query's snapshot gives
     /// it the same scans (`plans.rs`).
     fn reused(&self, plans: &PlanCache, planned: &Planned) -> Option<Arc<dyn ExecutionPlan>> {
-        let query = self.state.config().get_extension::<QuerySnapshot>()?;
+        let query = self.query()?;
         plans.physical(planned.kept.as_ref()?, &query)
     }
 
@@ -659,7 +720,7 @@ impl Session {
         plans: &PlanCache,
         planned: &Planned,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
-        let query = self.state.config().get_extension::<QuerySnapshot>();
+        let query = self.query();
         // A plan that will be kept and reads few rows (tag filters answered by the
         // series runs: one sensor over a day is 8,640 rows) is planned in one
         // partition: starting and joining two partitions (repartition, merge, their
@@ -668,7 +729,7 @@ impl Session {
         // so the first time it is planned twice; a kept plan is planned anew every
         // `MAX_PHYSICAL_RUNS` runs, and then in one partition at once where its last
         // plan was (and again in all only where it no longer reads few rows).
-        let partitions = self.state.config().target_partitions();
+        let partitions = self.config.target_partitions();
         let keeps = planned.kept.as_ref().is_some_and(|k| k.may_keep_physical())
             && query.is_some()
             && partitions > 1;
@@ -711,7 +772,7 @@ impl Session {
         one: bool,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
         let single = one.then(|| {
-            let mut single = self.state.clone();
+            let mut single = self.state().clone();
             single
                 .config_mut()
                 .options_mut()
@@ -719,7 +780,7 @@ impl Session {
                 .target_partitions = 1;
             single
         });
-        let state = single.as_ref().unwrap_or(&self.state);
+        let state = single.as_ref().unwrap_or_else(|| self.state());
         plans.count_physical_planning();
         state
             .query_planner()
@@ -738,8 +799,8 @@ impl Session {
         // query's CPU (`benches/README.md`). Nothing executing looks functions up by name.
         let task = TaskContext::new(
             None,
-            self.state.session_id().to_string(),
-            self.state.config().clone(),
+            self.template.session_id().to_string(),
+            self.config.clone(),
             HashMap::new(),
             HashMap::new(),
             HashMap::new(),

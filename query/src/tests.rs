@@ -2153,13 +2153,15 @@ async fn a_physical_plan_runs_again_only_over_the_same_segments() {
     assert_eq!(sql_ok(&app, "house", q).await, three);
     assert_eq!(sql_ok(&app, "house", q).await, three);
     assert_eq!(reuses() - r0, 5);
-    // a kept physical plan runs at most MAX_PHYSICAL_RUNS times, then is planned anew
-    let r1 = reuses();
+    // a kept physical plan runs at most MAX_PHYSICAL_RUNS times, then is planned anew;
+    // only the query that plans makes a full session state
+    let (r1, s1) = (reuses(), state.executor.session_states());
     let runs = crate::plans::MAX_PHYSICAL_RUNS as u64;
     for _ in 0..runs + 2 {
         assert_eq!(sql_ok(&app, "house", q).await, three);
     }
     assert_eq!(reuses() - r1, runs + 1);
+    assert_eq!(state.executor.session_states() - s1, 1);
 
     // top-k: its dynamic filter would carry the last run's bound: never run again
     let top = "SELECT room, t FROM env ORDER BY t DESC LIMIT 2";
