@@ -137,6 +137,8 @@ pub(crate) struct QuerySnapshot {
     pub(crate) latest: Arc<LatestRows>,
     /// Segments' series runs, kept across queries.
     pub(crate) series: Arc<crate::series::SeriesIndex>,
+    /// Segment files kept open across queries.
+    pub(crate) open: Arc<crate::scan::OpenSegments>,
     /// What each table scan of this query read, while every scan so far could be
     /// replayed (`None` once one could not): a physical plan may then be run again by a
     /// later query whose snapshot gives the same inputs (`plans.rs`).
@@ -151,6 +153,7 @@ impl QuerySnapshot {
         now_ns: i64,
         latest: Arc<LatestRows>,
         series: Arc<crate::series::SeriesIndex>,
+        open: Arc<crate::scan::OpenSegments>,
     ) -> Self {
         QuerySnapshot {
             snapshot,
@@ -158,6 +161,7 @@ impl QuerySnapshot {
             now_ns,
             latest,
             series,
+            open,
             scans: std::sync::Mutex::new(Some(Vec::new())),
         }
     }

@@ -31,6 +31,7 @@ use crate::auth::Principal;
 use crate::catalog::{QuerySnapshot, TaloCatalog};
 pub use crate::plans::PlanCacheStats;
 use crate::plans::{CachedPlan, PlanCache, PlanKey, fold_moment};
+use crate::scan::OpenSegments;
 use crate::series::SeriesIndex;
 
 /// Name of the DataFusion catalog holding the databases.
@@ -150,6 +151,8 @@ pub struct QueryExecutor {
     latest: Arc<crate::lastpoint::LatestRows>,
     /// Segments' series runs (`series.rs`).
     series: Arc<SeriesIndex>,
+    /// Segment files kept open across queries (`scan.rs`).
+    open: Arc<OpenSegments>,
     /// Queries run on the caller's runtime (`QueryExecutor::run_here`).
     inline_runs: AtomicU64,
     /// Full session states made (`Session::state`).
@@ -194,6 +197,7 @@ impl QueryExecutor {
             plans: Arc::new(PlanCache::new(config.plan_cache_entries)),
             latest: Arc::default(),
             series: Arc::new(SeriesIndex::new(config.series_index_bytes)),
+            open: Arc::new(OpenSegments::new(OPEN_SEGMENT_FILES)),
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             metadata_cache,
             config,
@@ -240,6 +244,7 @@ impl QueryExecutor {
         let Some(rt) = &self.runtime else { return };
         let latest = Arc::clone(&self.latest);
         let series = Arc::clone(&self.series);
+        let open = Arc::clone(&self.open);
         // not an owner: the engine closes (and unlocks its directory) when its users drop it
         let engine = Arc::downgrade(&engine);
         rt.spawn(async move {
@@ -254,6 +259,7 @@ impl QueryExecutor {
                 let (snapshot, dir) = (engine.snapshot(), engine.config().data_dir.clone());
                 drop(engine);
                 series.retain_live(&snapshot);
+                open.retain_live(&snapshot, &dir);
                 if !started {
                     // the segments there at startup are indexed ahead of any query
                     series.warm_all(&snapshot, &dir);
@@ -262,6 +268,11 @@ impl QueryExecutor {
                 latest.warm(&snapshot, &dir).await;
             }
         });
+    }
+
+    /// Segment files kept open across queries now (`scan.rs`, `OpenSegments`).
+    pub fn open_segment_files(&self) -> usize {
+        self.open.len()
     }
 
     /// Segment footers held by the metadata cache now.
@@ -562,14 +573,17 @@ impl QueryExecutor {
         db: &str,
     ) -> Result<Session, QueryError> {
         let snapshot = engine.snapshot();
+        let data_dir = &engine.config().data_dir;
+        self.open.retain_live(&snapshot, data_dir);
         let mut config = self.template.config().clone();
         config.options_mut().catalog.default_schema = db.to_string();
         config.set_extension(Arc::new(QuerySnapshot::new(
             Arc::clone(&snapshot),
-            engine.config().data_dir.clone(),
+            data_dir.clone(),
             talo_engine::retention::now_ns(),
             Arc::clone(&self.latest),
             Arc::clone(&self.series),
+            Arc::clone(&self.open),
         )));
         // the template's disk manager, caches and object stores; a memory pool of its own
         let runtime = RuntimeEnvBuilder::from_runtime_env(self.template.runtime_env())
@@ -833,6 +847,10 @@ impl Session {
         Ok(QueryOutput { schema, batches })
     }
 }
+
+/// Segment files kept open across queries, at most (`OpenSegments`): a small share of
+/// the usual 1,024 descriptors a process may hold.
+const OPEN_SEGMENT_FILES: usize = 256;
 
 /// Rows up to which a kept plan reads its scans in one partition, and runs where it is
 /// asked (see `Session::plan_physical`, `QueryExecutor::run`).

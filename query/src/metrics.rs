@@ -205,6 +205,12 @@ pub(crate) async fn metrics(
         "Memory held by those series runs.",
         bytes as u64,
     );
+    gauge(
+        &mut out,
+        "talo_query_open_segment_files",
+        "Segment files kept open across queries.",
+        s.executor.open_segment_files() as u64,
+    );
     if let Some(e) = s.engine.get() {
         let m = e.metrics();
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -438,11 +438,16 @@ impl SegmentTable {
             .runtime_env()
             .object_store(ObjectStoreUrl::local_filesystem())?;
         let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let open = state
+            .config()
+            .get_extension::<QuerySnapshot>()
+            .map(|q| Arc::clone(&q.open));
         let mut source = ParquetSource::new(Arc::clone(&self.schema))
             .with_parquet_file_reader_factory(Arc::new(SegmentReaderFactory {
                 store,
                 metadata_cache,
                 paths,
+                open,
             }))
             // segments carry no bloom filters: looking for them costs ~3 % of a query
             .with_bloom_filter_on_read(false)
@@ -583,6 +588,95 @@ pub(crate) fn rows_bounded_by_leaves(plan: &Arc<dyn ExecutionPlan>) -> bool {
     bounded
 }
 
+/// Segment files kept open across queries: a query reading two files opened and closed
+/// both (`openat` with its path walk, `close`), ~2 % of a few-row query's CPU (`perf`,
+/// `benches/README.md`). Segments are immutable and a path is never reused for another
+/// file while the server runs (segment ids only grow); an entry also remembers the
+/// file's length and is opened anew where a scan expects another.
+///
+/// Only files of live segments are kept: [`OpenSegments::retain_live`], called with each
+/// query's snapshot and on the executor's one-second tick, closes those whose segment
+/// left the snapshot (compacted away, expired), so a deleted file's space is held no
+/// longer than until the next query or tick. A query still reading an older snapshot
+/// opens such a file for itself and does not keep it. At most `limit` files are kept;
+/// past it a reader opens and closes its file as before.
+#[derive(Debug)]
+pub(crate) struct OpenSegments {
+    kept: std::sync::Mutex<Kept>,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    /// The segment list `live` was made from (not held: a replaced segment's file is
+    /// deleted once nothing holds its metadata).
+    segments: std::sync::Weak<Vec<Arc<talo_engine::SegmentMeta>>>,
+    /// Each live segment's file.
+    live: std::collections::HashSet<PathBuf>,
+    /// Open files by path, with their length.
+    files: HashMap<PathBuf, (u64, Arc<std::fs::File>)>,
+}
+
+impl OpenSegments {
+    /// At most `limit` files kept open (0: none).
+    pub(crate) fn new(limit: usize) -> Self {
+        OpenSegments {
+            kept: std::sync::Mutex::default(),
+            limit,
+        }
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The segment file at `path`, of `len` bytes: kept open, or opened now (and kept
+    /// where it is live and fewer than `limit` are).
+    pub(crate) fn open(
+        &self,
+        path: &std::path::Path,
+        len: u64,
+    ) -> std::io::Result<Arc<std::fs::File>> {
+        if let Some((n, f)) = self.kept().files.get(path)
+            && *n == len
+        {
+            return Ok(Arc::clone(f));
+        }
+        let f = Arc::new(std::fs::File::open(path)?);
+        let n = f.metadata()?.len();
+        let mut kept = self.kept();
+        let room = kept.files.len() < self.limit || kept.files.contains_key(path);
+        if n == len && room && kept.live.contains(path) {
+            kept.files.insert(path.to_path_buf(), (n, Arc::clone(&f)));
+        }
+        Ok(f)
+    }
+
+    /// Closes the files of segments not in `snapshot` (under `data_dir`); nothing to
+    /// do where its segment list is the one seen last.
+    pub(crate) fn retain_live(&self, snapshot: &talo_engine::Snapshot, data_dir: &std::path::Path) {
+        let mut kept = self.kept();
+        if self.limit == 0 || std::ptr::eq(kept.segments.as_ptr(), Arc::as_ptr(&snapshot.segments))
+        {
+            return;
+        }
+        let Kept {
+            segments,
+            live,
+            files,
+        } = &mut *kept;
+        live.clear();
+        live.extend(snapshot.segments.iter().map(|s| data_dir.join(&s.path)));
+        files.retain(|path, _| live.contains(path));
+        *segments = Arc::downgrade(&snapshot.segments);
+    }
+
+    /// Files kept open now.
+    pub(crate) fn len(&self) -> usize {
+        self.kept().files.len()
+    }
+}
+
 /// The files of one scan spread over `parts` partitions (the session's
 /// `repartition_file_scans` is off: this is where scans are split). Whole files where
 /// they can be balanced, each partition taking the next largest file while it has the
@@ -639,6 +733,8 @@ struct SegmentReaderFactory {
     metadata_cache: Arc<FileMetadataCache>,
     /// Each file of the scan on disk, by the object-store path the scan gave it.
     paths: HashMap<ObjectPath, PathBuf>,
+    /// The files kept open across queries (none: each reader opens its file).
+    open: Option<Arc<OpenSegments>>,
 }
 
 impl ParquetFileReaderFactory for SegmentReaderFactory {
@@ -664,6 +760,7 @@ impl ParquetFileReaderFactory for SegmentReaderFactory {
             path: path.clone(),
             file,
             metadata_size_hint,
+            kept: self.open.clone(),
             open: None,
             bytes_scanned,
         }))
@@ -676,8 +773,10 @@ struct SegmentReader {
     path: PathBuf,
     file: PartitionedFile,
     metadata_size_hint: Option<usize>,
-    /// Opened at the first read.
-    open: Option<std::fs::File>,
+    /// Where the file is taken from when it is kept open across queries.
+    kept: Option<Arc<OpenSegments>>,
+    /// Opened (or taken from `kept`) at the first read.
+    open: Option<Arc<std::fs::File>>,
     bytes_scanned: Count,
 }
 
@@ -692,8 +791,11 @@ impl SegmentReader {
         let file = match &self.open {
             Some(f) => f,
             None => {
-                let f = std::fs::File::open(&self.path).map_err(failed)?;
-                self.open.insert(f)
+                let f = match &self.kept {
+                    Some(kept) => kept.open(&self.path, self.file.object_meta.size),
+                    None => std::fs::File::open(&self.path).map(Arc::new),
+                };
+                self.open.insert(f.map_err(failed)?)
             }
         };
         let mut buf = vec![0; len];

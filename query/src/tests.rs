@@ -2695,3 +2695,68 @@ async fn a_kept_plan_runs_again_without_recomputing_its_properties() {
     assert_eq!(sql_ok(&app, "house", q).await, want);
     assert_eq!(state.executor.plan_cache_stats().physical_reuses, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_files_stay_open_across_queries_while_their_segments_live() {
+    let (d, state, app) = setup();
+    let engine = state.engine().unwrap();
+    let w = |body: String| post("/api/v1/write?db=house&precision=s", body);
+    // two segments over overlapping times (rewriting the same readings), which
+    // compaction merges
+    for t0 in [0, 20] {
+        let body: String = (t0..t0 + 30)
+            .map(|t| format!("air,room=a v={t} {t}\nair,room=b v=1 {t}\n"))
+            .collect();
+        assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
+        engine.flush().await.unwrap();
+    }
+    let q = "SELECT room, count(*) AS n, sum(v) AS s FROM air GROUP BY room ORDER BY room";
+    let want = serde_json::json!([{"room":"a","n":50,"s":1225.0},{"room":"b","n":50,"s":50.0}]);
+    // the descriptors of this process open on segment files of this test's directory
+    let dir = d.path().canonicalize().unwrap();
+    let segment_fds = || -> Vec<String> {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| p.starts_with(dir.to_str().unwrap()) && p.contains(".parquet"))
+            .collect()
+    };
+    for _ in 0..3 {
+        assert_eq!(sql_ok(&app, "house", q).await, want);
+        assert_eq!(state.executor.open_segment_files(), 2);
+    }
+    let mut kept = segment_fds();
+    kept.sort();
+    kept.dedup();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    // compacted into one: the next query closes the two replaced files and keeps the new
+    let merged = tokio::task::block_in_place(|| engine.compact_blocking()).unwrap();
+    assert!(merged > 0);
+    assert_eq!(sql_ok(&app, "house", q).await, want);
+    assert_eq!(state.executor.open_segment_files(), 1);
+    // (a background task of the engine or the executor may hold one for a moment)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let open = segment_fds();
+        let stale: Vec<_> = open
+            .iter()
+            .filter(|p| kept.iter().any(|k| p.starts_with(k.as_str())))
+            .collect();
+        if stale.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still open: {stale:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (s, metrics) = send(&app, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(
+        metrics.contains("\ntalo_query_open_segment_files 1\n"),
+        "{metrics}"
+    );
+}
