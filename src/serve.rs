@@ -33,20 +33,54 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let engine_config = args.engine_config();
     // the engine's error already reads "invalid configuration: …"
     engine_config.validate()?;
+    let sections = crate::config::load_sections(args.config.as_deref())?;
+    // the query runtime before any other thread: its workers take malloc arenas of
+    // their own (`QueryExecutor::new`)
+    let state = app_state(&args, &sections)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("talo-io")
         .build()
         .context("starting the runtime")?;
-    let res = rt.block_on(serve(args, engine_config));
+    let res = rt.block_on(serve(args, engine_config, sections, state));
     // a final flush still running past the deadline is abandoned like a crash would be:
     // the WAL keeps its rows; don't let the runtime wait for it
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     res
 }
 
-async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> anyhow::Result<()> {
-    let sections = crate::config::load_sections(args.config.as_deref())?;
+/// The HTTP state: tokens from the config file, limits from the flags; starts the query
+/// runtime.
+fn app_state(
+    args: &ServeArgs,
+    sections: &crate::config::FileSections,
+) -> anyhow::Result<Arc<AppState>> {
+    let auth = talo_query::Auth::new(&sections.tokens)
+        .map_err(|e| anyhow::anyhow!("invalid [[tokens]] in the config file: {e}"))?;
+    if auth.enabled() {
+        tracing::info!(tokens = sections.tokens.len(), "token authentication on");
+    } else {
+        tracing::warn!(
+            "NO TOKENS CONFIGURED: authentication is OFF, anyone who can reach {} may read and write every database",
+            args.http_addr
+        );
+    }
+    AppState::new(
+        HttpConfig {
+            max_body_bytes: args.max_body_mb << 20,
+            auth,
+        },
+        args.query_config(),
+    )
+    .context("starting the query runtime")
+}
+
+async fn serve(
+    args: ServeArgs,
+    engine_config: talo_engine::EngineConfig,
+    sections: crate::config::FileSections,
+    state: Arc<AppState>,
+) -> anyhow::Result<()> {
     let rollup_rules = sections.rollup_rules()?;
     let routes = talo_ingest::routes::build_routes(&sections.mqtt.routes)
         .map_err(|e| anyhow::anyhow!("invalid [[mqtt.routes]]: {e}"))?;
@@ -65,24 +99,6 @@ async fn serve(args: ServeArgs, engine_config: talo_engine::EngineConfig) -> any
     if let Some(m) = &mqtt {
         talo_ingest::mqtt::validate(m).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    let auth = talo_query::Auth::new(&sections.tokens)
-        .map_err(|e| anyhow::anyhow!("invalid [[tokens]] in the config file: {e}"))?;
-    if auth.enabled() {
-        tracing::info!(tokens = sections.tokens.len(), "token authentication on");
-    } else {
-        tracing::warn!(
-            "NO TOKENS CONFIGURED: authentication is OFF, anyone who can reach {} may read and write every database",
-            args.http_addr
-        );
-    }
-    let state = AppState::new(
-        HttpConfig {
-            max_body_bytes: args.max_body_mb << 20,
-            auth,
-        },
-        args.query_config(),
-    )
-    .context("starting the query runtime")?;
     let listener = tokio::net::TcpListener::bind(&args.http_addr)
         .await
         .with_context(|| format!("binding the HTTP address {}", args.http_addr))?;

@@ -180,12 +180,38 @@ impl Drop for QueryExecutor {
 
 impl QueryExecutor {
     /// Start the query runtime.
+    ///
+    /// Returns once the runtime's workers run and each has a malloc arena (glibc's) of
+    /// its own where arenas are to be had: built before the server's other threads, as
+    /// `talo serve` does, each worker takes a new one. glibc binds a thread to an arena
+    /// at its first allocation, for good: new ones while fewer than the cap exist (two
+    /// per core, `src/main.rs`), then the existing ones in turn. Two query workers that
+    /// came to share one contend for its lock on every large allocation of a
+    /// two-partition query: the day-long aggregates took 2.4x as long (65 vs 27 ms) in
+    /// about one server start of ten, where other threads started first
+    /// (`benches/README.md`).
     pub fn new(config: QueryConfig) -> std::io::Result<Self> {
+        let workers = config.threads.max(1);
+        let started = Arc::new((std::sync::Mutex::new(0usize), std::sync::Condvar::new()));
+        let on_start = Arc::clone(&started);
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.threads.max(1))
+            .worker_threads(workers)
             .thread_name("talo-query")
+            .on_thread_start(move || {
+                // an allocation binds this thread to its arena now
+                drop(std::hint::black_box(Box::new(0u64)));
+                let (count, ready) = &*on_start;
+                *count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+                ready.notify_all();
+            })
             .enable_all()
             .build()?;
+        {
+            // (bounded: the server does not hang on a thread that does not start)
+            let (count, ready) = &*started;
+            let count = count.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = ready.wait_timeout_while(count, Duration::from_secs(5), |n| *n < workers);
+        }
         let metadata_cache: Arc<FileMetadataCache> = Arc::new(
             DefaultCache::<Path, CachedFileMetadataEntry>::new(config.metadata_cache_bytes)
                 .with_name("talo segment metadata"),
