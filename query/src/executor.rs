@@ -187,8 +187,8 @@ impl QueryExecutor {
     /// at its first allocation, for good: new ones while fewer than the cap exist (two
     /// per core, `src/main.rs`), then the existing ones in turn. Two query workers that
     /// came to share one contend for its lock on every large allocation of a
-    /// two-partition query: the day-long aggregates took 2.4x as long (65 vs 27 ms) in
-    /// about one server start of ten, where other threads started first
+    /// two-partition query: the day-long aggregates took 2.4x as long (65 vs 27 ms)
+    /// after 2 server starts of 34, where other threads had allocated first
     /// (`benches/README.md`).
     pub fn new(config: QueryConfig) -> std::io::Result<Self> {
         let workers = config.threads.max(1);
@@ -264,8 +264,9 @@ impl QueryExecutor {
 
     /// Keeps the latest rows of settled segments computed ahead of "last value" queries
     /// (`LatestRows::warm`), every `tick`, on the query runtime, until the executor stops;
-    /// indexes the series runs of the segments there at the first tick (startup) and
-    /// forgets those of segments gone (`SeriesIndex::warm_all`, `retain_live`).
+    /// indexes the series runs of new segments (all at the first tick, after that those
+    /// flushed or merged since) and forgets those of segments gone
+    /// (`SeriesIndex::warm_all`, `retain_live`).
     pub fn keep_latest_rows_warm(&self, engine: Arc<Engine>, tick: Duration) {
         let Some(rt) = &self.runtime else { return };
         let latest = Arc::clone(&self.latest);
@@ -276,7 +277,7 @@ impl QueryExecutor {
         rt.spawn(async move {
             let mut every = tokio::time::interval(tick);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut started = false;
+            let mut indexed = std::sync::Weak::new();
             loop {
                 every.tick().await;
                 let Some(engine) = engine.upgrade() else {
@@ -286,10 +287,14 @@ impl QueryExecutor {
                 drop(engine);
                 series.retain_live(&snapshot);
                 open.retain_live(&snapshot, &dir);
-                if !started {
-                    // the segments there at startup are indexed ahead of any query
+                if !std::ptr::eq(indexed.as_ptr(), Arc::as_ptr(&snapshot.segments)) {
+                    // new segments (those there at startup, flushed, merged) are indexed
+                    // ahead of any query: a query that finds a segment's runs not at
+                    // hand scans it the slow way, and its plan is kept and run again
+                    // that way (after a compaction, the first 16 one-sensor queries
+                    // took 1.5-2.3 ms instead of 0.6)
                     series.warm_all(&snapshot, &dir);
-                    started = true;
+                    indexed = Arc::downgrade(&snapshot.segments);
                 }
                 latest.warm(&snapshot, &dir).await;
             }
@@ -549,7 +554,7 @@ fn template(
 
 /// The template's runtime environment: the shared footer cache, no spilling. Each query
 /// runs under a copy with a memory pool of its own (`QueryExecutor::session`); building
-/// the disk manager, caches and object store registry anew per query was ~2 % of a
+/// the disk manager, caches and object store registry anew per query was ~1 % of a
 /// few-row query's CPU (`perf`, `benches/README.md`).
 fn query_runtime(
     cfg: &QueryConfig,

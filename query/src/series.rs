@@ -261,9 +261,10 @@ impl SeriesIndex {
     }
 
     /// Starts computing the runs of every segment of `snapshot` not yet indexed, in one
-    /// background task (after a restart: the index is not persisted, and a dashboard's
-    /// first queries should not pay for it, nor run beside its computation). Segments
-    /// written later are indexed when a scan first asks for them.
+    /// background task: the executor's tick calls it whenever the segments change (at
+    /// startup — the index is not persisted — and after flushes and merges), so that a
+    /// dashboard's queries neither pay for it nor run beside its computation, nor plan
+    /// without the runs. A scan that finds a segment not asked for yet starts it too.
     pub(crate) fn warm_all(self: &Arc<Self>, snapshot: &Snapshot, data_dir: &Path) {
         if self.budget == 0 {
             return;

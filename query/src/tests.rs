@@ -2760,3 +2760,31 @@ async fn segment_files_stay_open_across_queries_while_their_segments_live() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segments_flushed_later_get_their_series_runs_without_a_query() {
+    let (_d, state, app) = setup();
+    let engine = state.engine().unwrap();
+    let w = |body: String| post("/api/v1/write?db=house&precision=s", body);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for (n, t0) in [(1, 0), (2, 100)] {
+        let body: String = (t0..t0 + 40)
+            .map(|t| format!("air,room=a v={t} {t}\nair,room=b v=1 {t}\n"))
+            .collect();
+        assert_eq!(send(&app, w(body)).await.0, StatusCode::NO_CONTENT);
+        engine.flush().await.unwrap();
+        // no query asks: the executor's tick indexes the new segment
+        while state.executor.series_runs_kept().0 < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "series runs of segment {n} not computed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let q = "SELECT count(*) AS n FROM air WHERE room = 'a'";
+    assert_eq!(
+        sql_ok(&app, "house", q).await,
+        serde_json::json!([{"n": 80}])
+    );
+}
