@@ -589,8 +589,8 @@ pub(crate) fn rows_bounded_by_leaves(plan: &Arc<dyn ExecutionPlan>) -> bool {
 }
 
 /// Segment files kept open across queries: a query reading two files opened and closed
-/// both (`openat` with its path walk, `close`), ~2 % of a few-row query's CPU (`perf`,
-/// `benches/README.md`). Segments are immutable and a path is never reused for another
+/// both (`openat` with its path walk, `close`); kept open, a one-sensor query took ~8 %
+/// less server CPU (`benches/README.md`). Segments are immutable and a path is never reused for another
 /// file while the server runs (segment ids only grow); an entry also remembers the
 /// file's length and is opened anew where a scan expects another.
 ///
